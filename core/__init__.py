@@ -1,0 +1,1 @@
+"""The torch-free contract shared by the API and the worker."""

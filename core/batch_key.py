@@ -1,0 +1,47 @@
+"""Which jobs may share one pipeline call.
+
+Everything the diffusers call takes as ONE value for the whole batch is in the key; what may
+vary per image (prompt, negative prompt, seed, n) is not. Workers batch only jobs with equal
+keys, so co-batching never changes what a request asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from core.schemas import JobPayload
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    model: str
+    mode: str
+    width: int
+    height: int
+    steps: int
+    scheduler: str
+    guidance_scale: float
+    clip_skip: int
+    strength: float | None
+    loras: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, payload: JobPayload) -> BatchKey:
+        return cls(
+            model=payload.model,
+            mode=payload.mode,
+            width=payload.width,
+            height=payload.height,
+            steps=payload.steps,
+            scheduler=payload.scheduler,
+            guidance_scale=payload.guidance_scale,
+            clip_skip=payload.clip_skip,
+            strength=payload.strength,
+        )
+
+    def digest(self) -> str:
+        """A short stable string for Redis keys and logs (bounded: never a prompt)."""
+        blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]

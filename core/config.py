@@ -1,0 +1,113 @@
+"""The one Settings object for the API, the worker and the dev stack.
+
+Every knob is an environment variable with the prefix ``SFUMATO_`` (``SFUMATO_REDIS_URL``,
+``SFUMATO_MAX_STEPS`` ...). Settings are built once by :func:`get_settings` and never at import
+time, so tests can set the environment and call ``get_settings.cache_clear()``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".cache" / "sfumato"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Field docs are the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="SFUMATO_", extra="ignore")
+
+    # --- infrastructure -----------------------------------------------------------------
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis holding the job queue.")
+    redis_timeout_s: float = Field(default=2.0, gt=0, description="Socket connect/read timeout towards Redis.")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Caches and local images.")
+
+    # --- object storage -----------------------------------------------------------------
+    storage: Literal["auto", "local", "s3"] = Field(
+        default="auto", description="'auto' uses S3 when SFUMATO_S3_BUCKET is set, else local disk."
+    )
+    s3_bucket: str | None = Field(default=None, description="Bucket for generated images.")
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, SeaweedFS, R2...).")
+    s3_region: str = Field(default="us-east-1", description="S3 region used for signing.")
+    s3_access_key_id: str | None = Field(default=None, description="S3 access key (else the AWS chain).")
+    s3_secret_access_key: SecretStr | None = Field(default=None, description="S3 secret key.")
+    s3_path_style: bool = Field(default=True, description="Path-style addressing (needed by most self-hosted S3).")
+    s3_create_bucket: bool = Field(default=False, description="Create the bucket at start-up if missing.")
+    local_storage_dir: Path | None = Field(default=None, description="Local image store (default data_dir/images).")
+    url_signing_key: SecretStr | None = Field(
+        default=None, description="HMAC key for local-disk image URLs; shared by all API replicas."
+    )
+    url_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="Lifetime of image URLs.")
+    public_url: str | None = Field(default=None, description="Base URL clients use to reach the API.")
+
+    # --- model --------------------------------------------------------------------------
+    model: str = Field(default="tiny", description="'tiny', a local diffusers folder or a hub id.")
+    model_id: str | None = Field(default=None, description="Public model name (default: derived from model).")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the worker runs the model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="'auto': float16 on CUDA, float32 on CPU."
+    )
+    attention: Literal["auto", "xformers", "sdpa", "sliced"] = Field(
+        default="auto", description="'auto': xformers on CUDA when importable, else PyTorch SDPA."
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
+
+    # --- request limits (enforced by the API before anything is enqueued) ----------------
+    max_prompt_chars: int = Field(default=2000, ge=1, description="Longest prompt / negative prompt.")
+    min_size: int = Field(default=64, ge=8, description="Smallest width/height in pixels.")
+    max_size: int = Field(default=1024, ge=8, description="Largest width/height in pixels (models may lower it).")
+    max_pixels: int = Field(default=1024 * 1024, ge=64, description="Largest width x height of one image.")
+    max_steps: int = Field(default=100, ge=1, description="Most denoising steps.")
+    max_n: int = Field(default=8, ge=1, description="Most images per request.")
+    min_guidance: float = Field(default=0.0, description="Smallest guidance_scale.")
+    max_guidance: float = Field(default=30.0, description="Largest guidance_scale.")
+    max_clip_skip: int = Field(default=4, ge=0, description="Largest clip_skip.")
+    max_upload_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest decoded upload (image/mask).")
+    max_upload_pixels: int = Field(default=4096 * 4096, ge=64, description="Largest declared upload dimensions.")
+    max_wait_s: float = Field(default=60.0, ge=0, description="Longest ?wait= a client may ask for.")
+
+    # --- jobs ---------------------------------------------------------------------------
+    job_timeout_s: int = Field(default=600, ge=1, description="Longest a job may run on a worker.")
+    result_ttl_s: int = Field(default=24 * 3600, ge=60, description="How long finished jobs stay readable.")
+    queue_prefix: str = Field(default="sfumato", description="Prefix of the Redis queue names.")
+
+    # --- API ----------------------------------------------------------------------------
+    api_host: str = Field(default="127.0.0.1", description="API bind address.")
+    api_port: int = Field(default=8000, ge=1, le=65535, description="API port.")
+
+    # --- worker -------------------------------------------------------------------------
+    worker_name: str | None = Field(default=None, description="Worker name in Redis (default: host + pid).")
+    log_level: str = Field(default="INFO", description="Log level.")
+
+    @property
+    def storage_backend(self) -> Literal["local", "s3"]:
+        """The backend in force once 'auto' is resolved."""
+        if self.storage == "auto":
+            return "s3" if self.s3_bucket else "local"
+        return self.storage
+
+    @property
+    def resolved_local_storage_dir(self) -> Path:
+        return self.local_storage_dir or self.data_dir / "images"
+
+    @property
+    def resolved_model_id(self) -> str:
+        """The name clients use in ``model``: explicit, 'tiny', or the folder / repo name."""
+        if self.model_id:
+            return self.model_id
+        if self.model == "tiny":
+            return "tiny"
+        return Path(self.model.rstrip("/")).name.lower()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

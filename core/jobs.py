@@ -1,0 +1,197 @@
+"""Jobs on RQ: enqueue, fetch, view and cancel, with JSON payloads only.
+
+The API and the worker both go through this module, so the Redis layout (queue names, job
+meta fields, result shape) is defined once. Redis failures surface as
+:class:`QueueUnavailable`, which the API answers with 503 + ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
+from rq.serializers import JSONSerializer
+
+from core.config import Settings
+from core.errors import ErrorDict, JobConflict, JobNotFound, QueueUnavailable
+from core.models import queue_name
+from core.schemas import JobPayload, JobResult, JobStatus
+
+#: The function path recorded on each RQ job. Only the Sfumato worker executes these jobs; the
+#: path names a function that explains that if a plain ``rq worker`` ever picks one up.
+GENERATE_FUNC = "worker.tasks.generate"
+
+#: meta fields (small, bounded): never prompts or images, those stay in the payload.
+META_TENANT = "tenant"
+META_ERROR = "error"
+
+_STATUS_MAP: dict[str, JobStatus] = {
+    RQStatus.QUEUED: "queued",
+    RQStatus.SCHEDULED: "queued",
+    RQStatus.DEFERRED: "queued",
+    RQStatus.CREATED: "queued",
+    RQStatus.STARTED: "running",
+    RQStatus.FINISHED: "succeeded",
+    RQStatus.FAILED: "failed",
+    RQStatus.STOPPED: "failed",
+    RQStatus.CANCELED: "canceled",
+}
+
+
+def new_job_id() -> str:
+    """128 random bits, hex: unguessable, safe in Redis keys and storage paths."""
+    return secrets.token_hex(16)
+
+
+def connect(settings: Settings, *, blocking: bool = False) -> redis.Redis:
+    """A Redis client with short timeouts so an outage is an error, not a hang.
+
+    ``blocking`` clients (the worker's BLPOP) get no read timeout; RQ sets its own.
+    """
+    return redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_s,
+        socket_timeout=None if blocking else settings.redis_timeout_s,
+        health_check_interval=30,
+    )
+
+
+@contextmanager
+def redis_errors() -> Iterator[None]:
+    """Turn Redis connection failures into :class:`QueueUnavailable`."""
+    try:
+        yield
+    except (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        redis.exceptions.InvalidResponse,
+        redis.exceptions.BusyLoadingError,
+    ) as exc:
+        raise QueueUnavailable(f"the job queue is unavailable ({type(exc).__name__}); retry shortly") from exc
+
+
+def _epoch(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """Everything the API needs to answer about one job, read in one place."""
+
+    payload: JobPayload
+    status: JobStatus
+    enqueued_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    result: JobResult | None
+    error: ErrorDict | None
+
+
+class JobStore:
+    """Enqueue, read and cancel jobs for one deployment (Settings + a Redis connection)."""
+
+    def __init__(self, connection: redis.Redis, settings: Settings) -> None:
+        self.connection = connection
+        self.settings = settings
+
+    def queue(self, model_id: str) -> Queue:
+        return Queue(queue_name(self.settings, model_id), connection=self.connection, serializer=JSONSerializer)
+
+    def enqueue(self, payload: JobPayload) -> None:
+        """Put a validated payload on its model's queue. The payload is the only argument."""
+        with redis_errors():
+            self.queue(payload.model).enqueue(
+                GENERATE_FUNC,
+                payload.model_dump(mode="json"),
+                job_id=payload.job_id,
+                job_timeout=self.settings.job_timeout_s,
+                result_ttl=self.settings.result_ttl_s,
+                failure_ttl=self.settings.result_ttl_s,
+                ttl=self.settings.result_ttl_s,
+                description=f"generate {payload.model} {payload.mode} n={payload.n}",
+                meta={META_TENANT: payload.tenant},
+            )
+
+    def _fetch(self, job_id: str, tenant: str) -> Job:
+        with redis_errors():
+            try:
+                job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
+            except NoSuchJobError:
+                raise JobNotFound(f"no job with id {job_id!r}", param="id") from None
+        if job.meta.get(META_TENANT) != tenant:
+            # Another tenant's job is indistinguishable from a missing one.
+            raise JobNotFound(f"no job with id {job_id!r}", param="id")
+        return job
+
+    def get(self, job_id: str, tenant: str) -> JobRecord:
+        """The job's state, result and error as the API shows them."""
+        job = self._fetch(job_id, tenant)
+        with redis_errors():
+            return record_of(job)
+
+    def cancel(self, job_id: str, tenant: str) -> JobRecord:
+        """Cancel a queued job. Running and finished jobs are a :class:`JobConflict`."""
+        job = self._fetch(job_id, tenant)
+        with redis_errors():
+            status = _STATUS_MAP.get(job.get_status(refresh=True), "failed")
+            if status == "canceled":
+                return record_of(job)
+            if status != "queued":
+                raise JobConflict(f"job {job_id} is {status} and can no longer be canceled", param="id")
+            # Claim the job off the queue list first: LREM is atomic, so either we remove it
+            # (and no worker can take it any more) or a worker already has it.
+            if not self.connection.lrem(Queue(job.origin, connection=self.connection).key, 0, job_id):
+                raise JobConflict(f"job {job_id} has just started and can no longer be canceled", param="id")
+            try:
+                job.cancel()
+            except InvalidJobOperation:
+                raise JobConflict(f"job {job_id} can no longer be canceled", param="id") from None
+            return record_of(job)
+
+    def ping(self) -> bool:
+        with redis_errors():
+            return bool(self.connection.ping())
+
+
+def payload_of(job: Job) -> JobPayload:
+    """The JobPayload an RQ job carries as its single positional argument."""
+    return JobPayload.model_validate(job.args[0])
+
+
+def record_of(job: Job) -> JobRecord:
+    rq_status = job.get_status(refresh=True)
+    status = _STATUS_MAP.get(rq_status, "failed")
+    result: JobResult | None = None
+    error: ErrorDict | None = None
+    if status == "succeeded":
+        value: Any = job.return_value()
+        result = JobResult.model_validate(value) if value is not None else None
+    elif status == "failed":
+        unrecorded: ErrorDict = {
+            "code": "internal_error",
+            "message": "the job failed without a recorded reason",
+            "param": None,
+        }
+        error = job.meta.get(META_ERROR) or unrecorded
+    return JobRecord(
+        payload=payload_of(job),
+        status=status,
+        enqueued_at=_epoch(job.enqueued_at),
+        started_at=_epoch(job.started_at),
+        ended_at=_epoch(job.ended_at),
+        result=result,
+        error=error,
+    )

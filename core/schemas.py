@@ -1,0 +1,140 @@
+"""Pydantic models at the edges: the HTTP request, the queue payload, the stored result, the
+HTTP response.
+
+A raw :class:`ImageRequest` (what a client sent) is a different type from a
+:class:`JobPayload` (validated, defaults filled, seed resolved): only a payload is ever
+enqueued, and the worker trusts nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**32 - 1
+
+OutputFormat = Literal["png", "jpeg", "webp"]
+Mode = Literal["txt2img", "img2img", "inpaint"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+
+
+class ImageRequest(BaseModel):
+    """Body of ``POST /v1/images``. Unset fields take the model's defaults.
+
+    Static bounds live here; limits an operator can change (sizes, steps, n, prompt length,
+    upload size) are checked against Settings by ``core.validation``.
+    """
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+    prompt: str = Field(..., min_length=1, description="What to draw.")
+    negative_prompt: str = Field("", description="What to steer away from (classifier-free guidance).")
+    model: str | None = Field(None, description="Model id from GET /v1/models (default: the first).")
+    width: int | None = Field(None, description="Multiple of 8, within the model's limits.")
+    height: int | None = Field(None, description="Multiple of 8, within the model's limits.")
+    steps: int | None = Field(None, ge=1, description="Denoising steps.")
+    guidance_scale: float | None = Field(None, description="Classifier-free guidance scale.")
+    scheduler: str | None = Field(None, description="Sampler, e.g. 'euler_a' or 'DPM++ 2M Karras'.")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Image i uses seed + i; random if absent.")
+    n: int = Field(1, ge=1, description="Number of images.")
+    clip_skip: int = Field(0, ge=0, description="Final CLIP layers to skip (0 = none; A1111 'Clip skip 2' = 1).")
+    output_format: OutputFormat = Field("png", description="png (with a 'parameters' text chunk), jpeg, webp.")
+    image: str | None = Field(None, description="Base64 init image (PNG/JPEG/WebP) for img2img/inpainting.")
+    mask: str | None = Field(None, description="Base64 mask for inpainting: white is repainted.")
+    strength: float | None = Field(None, gt=0.0, le=1.0, description="img2img/inpaint noise strength.")
+
+
+class JobPayload(BaseModel):
+    """The validated, fully resolved job that goes on the queue as JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: str
+    tenant: str
+    model: str
+    mode: Mode
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    seed: int
+    n: int
+    clip_skip: int
+    output_format: OutputFormat
+    strength: float | None = None
+    image_b64: str | None = None
+    mask_b64: str | None = None
+    created_at: float
+
+    @property
+    def seeds(self) -> list[int]:
+        """One seed per image: ``seed + i`` wrapped into the 32-bit range."""
+        return [(self.seed + i) % (MAX_SEED + 1) for i in range(self.n)]
+
+
+class StoredImage(BaseModel):
+    """One generated image as the worker records it: a storage key, never bytes."""
+
+    key: str
+    index: int
+    seed: int
+    width: int
+    height: int
+    format: OutputFormat
+
+
+class Timings(BaseModel):
+    """Seconds spent in each stage of a job."""
+
+    queue_wait_s: float | None = None
+    inference_s: float | None = None
+    upload_s: float | None = None
+    total_s: float | None = None
+
+
+class JobResult(BaseModel):
+    """What a worker stores as a job's return value (JSON)."""
+
+    images: list[StoredImage]
+    timings: Timings
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    param: str | None = None
+
+
+class ImageOut(BaseModel):
+    """One image in a response: a short-lived URL plus what made it."""
+
+    index: int
+    url: str
+    seed: int
+    width: int
+    height: int
+    format: OutputFormat
+
+
+class JobView(BaseModel):
+    """Body of ``GET /v1/images/{id}`` (and of POST responses)."""
+
+    id: str
+    status: JobStatus
+    model: str
+    mode: Mode
+    n: int
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    images: list[ImageOut] = Field(default_factory=list)
+    timings: Timings | None = None
+    error: ErrorBody | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

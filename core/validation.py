@@ -1,0 +1,101 @@
+"""Turn a raw :class:`ImageRequest` into a :class:`JobPayload`, or refuse it.
+
+Every limit an operator can set is checked here, before enqueueing, and each refusal names
+the field, the value and the limit (``InvalidRequest.param`` is the field).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from core.config import Settings
+from core.errors import InvalidRequest
+from core.models import ModelSpec, resolve_model
+from core.scheduler_names import canonical_scheduler
+from core.schemas import MAX_SEED, ImageRequest, JobPayload, Mode
+from core.uploads import inspect_upload
+
+
+def _check_max(field: str, value: float, limit: float, *, what: str | None = None) -> None:
+    """Refuse ``value > limit``; ``what`` names the quantity when it is not the field itself."""
+    if value > limit:
+        raise InvalidRequest(f"{what or field} is {value}; the maximum is {limit}", param=field)
+
+
+def _check_size(field: str, value: int, settings: Settings, spec: ModelSpec) -> None:
+    if value % 8:
+        raise InvalidRequest(f"{field} is {value}; it must be a multiple of 8", param=field)
+    if value < settings.min_size:
+        raise InvalidRequest(f"{field} is {value}; the minimum is {settings.min_size}", param=field)
+    _check_max(field, value, spec.max_size)
+
+
+def _mode(request: ImageRequest) -> Mode:
+    if request.mask is not None and request.image is None:
+        raise InvalidRequest("mask needs an image to inpaint; send image as well", param="mask")
+    if request.image is None:
+        if request.strength is not None:
+            raise InvalidRequest("strength applies only with an image (img2img/inpainting)", param="strength")
+        return "txt2img"
+    return "inpaint" if request.mask is not None else "img2img"
+
+
+def _check_uploads(request: ImageRequest, settings: Settings) -> None:
+    for field in ("image", "mask"):
+        value = getattr(request, field)
+        if value is not None:
+            inspect_upload(
+                value, field=field, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_upload_pixels
+            )
+
+
+def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str, job_id: str, now: float) -> JobPayload:
+    """Validate ``request`` against Settings and the model, fill defaults, resolve the seed."""
+    spec = resolve_model(settings, request.model)
+    scheduler = canonical_scheduler(request.scheduler or spec.default_scheduler)
+    mode = _mode(request)
+    for field in ("prompt", "negative_prompt"):
+        _check_max(field, len(getattr(request, field)), settings.max_prompt_chars, what=f"{field} length")
+    # "is None", not "or": an explicit 0 is refused by the size checks, not silently defaulted.
+    width = spec.default_width if request.width is None else request.width
+    height = spec.default_height if request.height is None else request.height
+    _check_size("width", width, settings, spec)
+    _check_size("height", height, settings, spec)
+    if width * height > settings.max_pixels:
+        raise InvalidRequest(
+            f"width x height is {width * height} pixels; the maximum is {settings.max_pixels}", param="width"
+        )
+    steps = spec.default_steps if request.steps is None else request.steps
+    _check_max("steps", steps, settings.max_steps)
+    _check_max("n", request.n, settings.max_n)
+    guidance = spec.default_guidance if request.guidance_scale is None else request.guidance_scale
+    if not settings.min_guidance <= guidance <= settings.max_guidance:
+        raise InvalidRequest(
+            f"guidance_scale is {guidance}; allowed range is {settings.min_guidance}..{settings.max_guidance}",
+            param="guidance_scale",
+        )
+    _check_max("clip_skip", request.clip_skip, settings.max_clip_skip)
+    _check_uploads(request, settings)
+    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
+    strength = None if mode == "txt2img" else (request.strength if request.strength is not None else 0.75)
+    return JobPayload(
+        job_id=job_id,
+        tenant=tenant,
+        model=spec.id,
+        mode=mode,
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=guidance,
+        scheduler=scheduler,
+        seed=seed,
+        n=request.n,
+        clip_skip=request.clip_skip,
+        output_format=request.output_format,
+        strength=strength,
+        image_b64=request.image,
+        mask_b64=request.mask,
+        created_at=now,
+    )

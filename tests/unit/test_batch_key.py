@@ -1,0 +1,106 @@
+"""core.batch_key: what may vary inside one batch never changes the key; everything the
+pipeline call takes once per batch does."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+
+from core.batch_key import BatchKey
+from core.schemas import JobPayload
+
+BASE: dict[str, Any] = {
+    "job_id": "a" * 32,
+    "tenant": "t1",
+    "model": "tiny",
+    "mode": "img2img",
+    "prompt": "a red bicycle",
+    "negative_prompt": "blurry",
+    "width": 64,
+    "height": 64,
+    "steps": 20,
+    "guidance_scale": 7.5,
+    "scheduler": "ddim",
+    "seed": 42,
+    "n": 1,
+    "clip_skip": 0,
+    "output_format": "png",
+    "strength": 0.75,
+    "image_b64": "aW1hZ2U=",
+    "mask_b64": None,
+    "created_at": 1000.0,
+}
+
+#: Per job or per image: prompts, seeds, n, identity, encoding, the init image itself.
+PER_JOB: dict[str, Any] = {
+    "job_id": "b" * 32,
+    "tenant": "t2",
+    "prompt": "a blue bicycle",
+    "negative_prompt": "",
+    "seed": 7,
+    "n": 4,
+    "output_format": "webp",
+    "image_b64": "b3RoZXI=",
+    "created_at": 2000.0,
+}
+
+#: One value per pipeline call.
+BATCH_WIDE: dict[str, Any] = {
+    "model": "other-model",
+    "mode": "txt2img",
+    "width": 128,
+    "height": 128,
+    "steps": 30,
+    "guidance_scale": 5.0,
+    "scheduler": "euler_a",
+    "clip_skip": 1,
+    "strength": 0.5,
+}
+
+
+def payload(**changes: Any) -> JobPayload:
+    return JobPayload(**{**BASE, **changes})
+
+
+def test_every_payload_field_is_classified() -> None:
+    # A new JobPayload field must be placed on one side deliberately (mask_b64 rides with the
+    # mode: inpaint vs img2img).
+    assert set(JobPayload.model_fields) == set(PER_JOB) | set(BATCH_WIDE) | {"mask_b64"}
+
+
+@pytest.mark.parametrize(("field", "value"), sorted(PER_JOB.items()))
+def test_per_job_fields_do_not_change_the_key(field: str, value: Any) -> None:
+    assert BatchKey.of(payload(**{field: value})) == BatchKey.of(payload())
+    assert BatchKey.of(payload(**{field: value})).digest() == BatchKey.of(payload()).digest()
+
+
+def test_all_per_job_fields_at_once() -> None:
+    assert BatchKey.of(payload(**PER_JOB)) == BatchKey.of(payload())
+
+
+@pytest.mark.parametrize(("field", "value"), sorted(BATCH_WIDE.items()))
+def test_batch_wide_fields_change_the_key(field: str, value: Any) -> None:
+    changed = BatchKey.of(payload(**{field: value}))
+    assert changed != BatchKey.of(payload())
+    assert changed.digest() != BatchKey.of(payload()).digest()
+
+
+def test_loras_change_the_key() -> None:
+    key = BatchKey.of(payload())
+    with_lora = dataclasses.replace(key, loras=(("film-grain", 0.8),))
+    other_weight = dataclasses.replace(key, loras=(("film-grain", 0.6),))
+    assert len({key.digest(), with_lora.digest(), other_weight.digest()}) == 3
+
+
+def test_digest_is_short_stable_hex() -> None:
+    digest = BatchKey.of(payload()).digest()
+    assert digest == BatchKey.of(payload()).digest()
+    assert len(digest) == 16 and int(digest, 16) >= 0
+    assert "bicycle" not in digest
+
+
+def test_key_is_hashable_for_grouping() -> None:
+    groups = {BatchKey.of(payload(prompt=p)) for p in ("a", "b", "c")}
+    assert len(groups) == 1
