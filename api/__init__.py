@@ -1,0 +1,1 @@
+"""The stateless HTTP API. Never imports torch, diffusers or worker/."""

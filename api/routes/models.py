@@ -1,0 +1,37 @@
+"""``/v1/models``: what this deployment serves, with defaults, limits and live workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import Services
+from core.jobs import redis_errors
+from core.models import served_models
+from core.presence import live_workers
+from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+@router.get("")
+def list_models(services: Services) -> dict[str, Any]:
+    settings = services.settings
+    data = []
+    with redis_errors():
+        for spec in served_models(settings).values():
+            entry = spec.public()
+            entry["workers"] = live_workers(services.jobs.connection, settings, spec.id)
+            data.append(entry)
+    limits = {
+        "min_size": settings.min_size,
+        "max_pixels": settings.max_pixels,
+        "max_steps": settings.max_steps,
+        "max_n": settings.max_n,
+        "guidance_scale": [settings.min_guidance, settings.max_guidance],
+        "max_clip_skip": settings.max_clip_skip,
+        "max_prompt_chars": settings.max_prompt_chars,
+        "max_upload_bytes": settings.max_upload_bytes,
+    }
+    return {"data": data, "schedulers": SCHEDULER_DISPLAY_NAMES, "limits": limits}
