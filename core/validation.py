@@ -76,8 +76,14 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         )
     _check_max("clip_skip", request.clip_skip, settings.max_clip_skip)
     _check_uploads(request, settings)
-    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     strength = None if mode == "txt2img" else (request.strength if request.strength is not None else 0.75)
+    if strength is not None and int(steps * strength) < 1:
+        raise InvalidRequest(
+            f"strength {strength} x steps {steps} runs no denoising step; raise strength or steps "
+            f"so that steps x strength >= 1",
+            param="strength",
+        )
+    seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     return JobPayload(
         job_id=job_id,
         tenant=tenant,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
@@ -18,7 +18,7 @@ from core.validation import normalize_request
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
-_ERRORS = {
+_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "No such job"},
     422: {"model": ErrorResponse, "description": "Invalid request: names the field and the limit"},
     503: {"model": ErrorResponse, "description": "Queue unavailable; retry after Retry-After"},

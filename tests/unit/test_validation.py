@@ -285,3 +285,13 @@ def test_seed_resolved_when_absent(settings: Settings) -> None:
 def test_seeds_are_consecutive_and_wrap_at_2_32(settings: Settings) -> None:
     assert normalize(settings, seed=10, n=3).seeds == [10, 11, 12]
     assert normalize(settings, seed=MAX_SEED - 1, n=4).seeds == [MAX_SEED - 1, MAX_SEED, 0, 1]
+
+
+def test_img2img_that_would_run_no_step_is_refused_before_queueing(make_settings) -> None:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    image = base64.b64encode(buf.getvalue()).decode()
+    request = ImageRequest(prompt="x", image=image, steps=2, strength=0.3)
+    with pytest.raises(InvalidRequest) as err:
+        normalize_request(request, make_settings(), tenant="t", job_id="j", now=0.0)
+    assert err.value.param == "strength" and "steps x strength >= 1" in err.value.message

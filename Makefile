@@ -1,0 +1,36 @@
+# Two commands on a fresh machine with Python 3.11:  make run   and   make test
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sfumato-installed
+
+.PHONY: install run test pytest lint bench clean
+
+# torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
+# multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=..."; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
+	$(PY) -m pip install --quiet -e '.[api,worker,test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the whole service (private Redis, worker with the tiny model, API on :8000).
+run: install
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m worker.devstack
+
+## Lint, type-check and run the whole test suite.
+test: install lint pytest
+
+pytest: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check core api worker sfumato tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

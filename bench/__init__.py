@@ -1,0 +1,1 @@
+"""Benchmarks; their JSON output is committed under bench/results/."""

@@ -1,0 +1,1 @@
+"""The GPU side: resident model, batching runner, RQ integration."""

@@ -1,0 +1,319 @@
+"""Model residency and batched generation.
+
+One set of components (text encoder, UNet, VAE, tokenizer) is loaded once and stays
+resident. txt2img, img2img and inpainting pipelines are thin objects built per call around
+those same modules (no weight copies, ~0.3 ms) with a fresh scheduler, because neither a
+pipeline object nor a scheduler is safe to share between calls.
+
+A batch is a list of payloads with one :class:`~core.batch_key.BatchKey`; it runs as ONE
+pipeline call with one ``torch.Generator`` per image, seeded from that image's seed, so an
+image is the same whether it ran alone or co-batched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Concrete module paths: through diffusers' lazy __init__, mypy sees dummy placeholder classes.
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
+    StableDiffusionImg2ImgPipeline,
+)
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
+    StableDiffusionInpaintPipeline,
+)
+from huggingface_hub.errors import LocalEntryNotFoundError
+from PIL import Image
+
+from core.batch_key import BatchKey
+from core.config import Settings
+from core.errors import GenerationFailed, ModelUnavailable, SfumatoError
+from core.models import ModelSpec, resolve_model
+from core.schemas import JobPayload
+from worker import inputs
+from worker.attention import Backend, apply_attention, check_attention
+from worker.clip_compat import ensure_text_model_alias
+from worker.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.schedulers import make_scheduler
+from worker.tiny import ensure_tiny_model
+
+log = logging.getLogger(__name__)
+
+#: ``on_step(steps_done, total_steps)``: called after each denoising step. It may raise to
+#: abort the batch (cancellation); its exception propagates from :meth:`Engine.generate` as is.
+StepCallback = Callable[[int, int], None]
+
+#: The pipelines built around the resident modules; all take the same components.
+SDPipeline = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionInpaintPipeline
+_PIPELINES: dict[str, type[SDPipeline]] = {
+    "txt2img": StableDiffusionPipeline,
+    "img2img": StableDiffusionImg2ImgPipeline,
+    "inpaint": StableDiffusionInpaintPipeline,
+}
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the env again so a setting
+    # made later (tests, an entrypoint) is honoured too.
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUTHY
+
+
+def _short(exc: BaseException) -> str:
+    """One line, no traceback: what a client or an operator's dashboard may show."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
+
+
+def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> StableDiffusionPipeline:
+    """Load the components from the tiny builder, a local diffusers folder or a hub id.
+
+    safetensors only: ``use_safetensors=True`` makes diffusers refuse pickled ``.bin`` weights.
+    """
+    hub = False
+    if source == "tiny":
+        location = str(ensure_tiny_model(settings.data_dir))
+    elif Path(source).expanduser().is_dir():
+        location = str(Path(source).expanduser())
+    elif source.startswith(("/", ".", "~")):
+        raise ModelUnavailable(f"model folder {source!r} does not exist")
+    else:
+        location, hub = source, True
+    offline = hub and _hub_offline()
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            location,
+            use_safetensors=True,
+            dtype=dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+            local_files_only=offline,
+        )
+    except Exception as exc:
+        if offline and isinstance(exc, LocalEntryNotFoundError):
+            hint = (
+                "it is not a local folder and not in the Hugging Face cache, and HF_HUB_OFFLINE is set; "
+                f"download it first (hf download {source}) or set SFUMATO_MODEL to a local diffusers folder"
+            )
+        elif hub:
+            hint = "expected a hub id of a diffusers Stable Diffusion repo with safetensors weights"
+        else:
+            hint = "expected a diffusers Stable Diffusion folder with safetensors weights"
+        raise ModelUnavailable(f"could not load model {source!r}: {hint} ({_short(exc)})") from exc
+    if not isinstance(pipe, StableDiffusionPipeline):  # pragma: no cover - from_pretrained of a subclass
+        raise ModelUnavailable(f"model {source!r} is not a Stable Diffusion 1.x/2.x pipeline")
+    return pipe
+
+
+@dataclass
+class _StepReporter:
+    """Adapts ``on_step`` to diffusers' ``callback_on_step_end`` and remembers what it raised."""
+
+    on_step: StepCallback | None
+    error: BaseException | None = None
+
+    def __call__(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if self.on_step is not None:
+            try:
+                # num_timesteps, not steps: Heun evaluates twice per step, img2img fewer.
+                self.on_step(step + 1, int(getattr(pipe, "num_timesteps", 0) or 0))
+            except BaseException as exc:
+                self.error = exc
+                raise
+        return kwargs
+
+
+class Engine:
+    """The resident model. Build with :meth:`load`, then :meth:`warmup`, then :meth:`generate`.
+
+    Each call builds its own pipeline object and scheduler, so concurrent calls do not corrupt
+    each other, but they compete for the device: the runner should run one batch at a time.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        pipe: StableDiffusionPipeline,
+        device: torch.device,
+        dtype: torch.dtype,
+        attention: Backend,
+    ) -> None:
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.attention = attention
+        # Only the modules are kept: per-call pipelines are built around them.
+        self._components: dict[str, Any] = dict(pipe.components)
+        self._scheduler_config = dict(pipe.scheduler.config)
+
+    @classmethod
+    def load(cls, settings: Settings) -> Engine:
+        """Load the configured model onto the configured device; raises ModelUnavailable."""
+        started = time.perf_counter()
+        spec = resolve_model(settings, None)
+        apply_torch_threads(settings.torch_threads)
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        backend = check_attention(settings.attention, device)  # before spending time on weights
+        pipe = _load_pipeline(spec.source, settings, dtype)
+        try:
+            pipe.to(device)
+        except Exception as exc:
+            raise ModelUnavailable(f"could not move model {spec.id!r} to {device}: {_short(exc)}") from exc
+        backend = apply_attention(pipe, backend, explicit=settings.attention != "auto")
+        ensure_text_model_alias(pipe.text_encoder)  # clip_skip with transformers 5
+        log.info(
+            "loaded model %s from %s on %s (%s, attention=%s) in %.2fs",
+            spec.id, spec.source, device, str(dtype).removeprefix("torch."), backend,
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return cls(spec, pipe, device, dtype, backend)
+
+    # --- generation --------------------------------------------------------------------
+
+    def pipeline(self, mode: str, scheduler: str) -> SDPipeline:
+        """A new lightweight pipeline for ``mode`` around the resident modules, with a fresh
+        ``scheduler`` (canonical name). Cheap; never share one between threads."""
+        cls = _PIPELINES[mode]
+        components = {**self._components, "scheduler": make_scheduler(scheduler, self._scheduler_config)}
+        pipe = cls(**components, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def generate(self, payloads: Sequence[JobPayload], on_step: StepCallback | None = None) -> list[list[Image.Image]]:
+        """Run ``payloads`` (one BatchKey) as one pipeline call; one list of images per payload.
+
+        Raises ValueError for payloads that cannot run together (a caller bug),
+        GenerationFailed for a job that cannot run (broken upload, too few img2img steps) or
+        when the model raises; whatever ``on_step`` raises propagates as is.
+        """
+        arrays = self.generate_arrays(payloads, on_step)
+        return [VaeImageProcessor.numpy_to_pil(batch) for batch in arrays]
+
+    def generate_arrays(self, payloads: Sequence[JobPayload], on_step: StepCallback | None = None) -> list[np.ndarray]:
+        """Like :meth:`generate` but the float images in [0, 1], shape ``(n, height, width, 3)``
+        per payload, before 8-bit quantisation (exact comparisons in tests and benchmarks)."""
+        key = self._batch_key(payloads)
+        call = self._call_arguments(payloads, key)
+        pipe = self.pipeline(key.mode, key.scheduler)
+        reporter = _StepReporter(on_step)
+        # Passed through the dict: the inpainting pipeline annotates the callback with the
+        # legacy (step, timestep) signature although it calls the new one.
+        call.update(output_type="np", callback_on_step_end=reporter)
+        try:
+            with torch.inference_mode():
+                output: Any = pipe(**call)
+        except Exception as exc:
+            if exc is reporter.error or isinstance(exc, SfumatoError):
+                raise
+            log.exception("generation failed for %d payload(s), batch %s", len(payloads), key.digest())
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # after an OOM, give the next (smaller) batch a chance
+            raise GenerationFailed(f"image generation failed: {_short(exc)}") from exc
+        images = np.asarray(output.images, dtype=np.float32)
+        results, start = [], 0
+        for payload in payloads:
+            results.append(images[start : start + payload.n])
+            start += payload.n
+        return results
+
+    def warmup(self) -> None:
+        """One 1-step generation at the model's default size, so the first real request does not
+        pay for lazy initialisation (kernels, allocator, tokenizer caches)."""
+        started = time.perf_counter()
+        payload = JobPayload(
+            job_id="warmup",
+            tenant="_warmup",
+            model=self.spec.id,
+            mode="txt2img",
+            prompt="warmup",
+            negative_prompt="",
+            width=self.spec.default_width,
+            height=self.spec.default_height,
+            steps=1,
+            guidance_scale=self.spec.default_guidance,
+            scheduler=self.spec.default_scheduler,
+            seed=0,
+            n=1,
+            clip_skip=0,
+            output_format="png",
+            created_at=time.time(),
+        )
+        self.generate_arrays([payload])
+        log.info("warm-up took %.2fs", time.perf_counter() - started)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _batch_key(self, payloads: Sequence[JobPayload]) -> BatchKey:
+        """The one BatchKey of ``payloads``. ValueError for a caller's mistake (mixed keys,
+        another model); GenerationFailed for a job that cannot run as queued."""
+        if not payloads:
+            raise ValueError("generate() needs at least one payload")
+        key = BatchKey.of(payloads[0])
+        for payload in payloads[1:]:
+            if BatchKey.of(payload) != key:
+                raise ValueError(
+                    f"job {payload.job_id} cannot share a batch with job {payloads[0].job_id}: their batch keys differ"
+                )
+        if key.model != self.spec.id:
+            raise ValueError(f"this engine serves model {self.spec.id!r}, not {key.model!r}")
+        if key.mode != "txt2img":
+            if key.strength is None:
+                raise GenerationFailed(f"{key.mode} needs a strength", param="strength")
+            if int(key.steps * key.strength) < 1:
+                # diffusers runs int(steps x strength) steps and fails obscurely on zero.
+                raise GenerationFailed(
+                    f"steps x strength must be at least 1 (steps={key.steps}, strength={key.strength:g}): "
+                    "raise steps or strength",
+                    param="strength",
+                )
+        return key
+
+    def _call_arguments(self, payloads: Sequence[JobPayload], key: BatchKey) -> dict[str, Any]:
+        """The keyword arguments of the one pipeline call: per-image lists plus per-call values."""
+        prompts: list[str] = []
+        negatives: list[str] = []
+        generators: list[torch.Generator] = []
+        images: list[Image.Image] = []
+        masks: list[Image.Image] = []
+        for payload in payloads:
+            # Decoded once per payload; the same PIL object serves its n images.
+            image = inputs.init_image(payload.image_b64, key.width, key.height) if key.mode != "txt2img" else None
+            mask = inputs.mask_image(payload.mask_b64, key.width, key.height) if key.mode == "inpaint" else None
+            for seed in payload.seeds:
+                prompts.append(payload.prompt)
+                negatives.append(payload.negative_prompt)
+                generators.append(torch.Generator(device=self.device).manual_seed(seed))
+                if image is not None:
+                    images.append(image)
+                if mask is not None:
+                    masks.append(mask)
+        call: dict[str, Any] = {
+            "prompt": prompts,
+            "negative_prompt": negatives,
+            "generator": generators,
+            "num_inference_steps": key.steps,
+            "guidance_scale": key.guidance_scale,
+            "clip_skip": key.clip_skip or None,  # 0 = no skip; None keeps diffusers on its plain path
+        }
+        if key.mode in ("txt2img", "inpaint"):
+            call.update(height=key.height, width=key.width)
+        if key.mode != "txt2img":
+            call.update(image=images, strength=key.strength)
+        if key.mode == "inpaint":
+            call["mask_image"] = masks
+        return call
