@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.jobs import JobRecord
-from core.schemas import ErrorBody, ImageOut, JobView, Timings
+from core.schemas import BatchInfo, ErrorBody, ImageOut, JobView, Timings
 from core.storage import LocalStore, S3Store
 
 
@@ -19,8 +19,9 @@ def job_view(record: JobRecord, store: LocalStore | S3Store, *, base_url: str, e
     payload = record.payload
     images: list[ImageOut] = []
     timings: Timings | None = None
+    batch: BatchInfo | None = None
     if record.result is not None:
-        timings = record.result.timings
+        timings, batch = record.result.timings, record.result.batch
         images = [
             ImageOut(
                 index=img.index,
@@ -43,5 +44,6 @@ def job_view(record: JobRecord, store: LocalStore | S3Store, *, base_url: str, e
         finished_at=record.ended_at if record.status in ("succeeded", "failed", "canceled") else None,
         images=images,
         timings=timings,
+        batch=batch,
         error=ErrorBody(**record.error) if record.error else None,
     )

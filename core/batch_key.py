@@ -25,6 +25,7 @@ class BatchKey:
     guidance_scale: float
     clip_skip: int
     strength: float | None
+    exact: bool = False
     loras: tuple[tuple[str, float], ...] = ()
 
     @classmethod
@@ -39,9 +40,19 @@ class BatchKey:
             guidance_scale=payload.guidance_scale,
             clip_skip=payload.clip_skip,
             strength=payload.strength,
+            exact=payload.exact,
         )
 
     def digest(self) -> str:
         """A short stable string for Redis keys and logs (bounded: never a prompt)."""
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+#: The field on the RQ job hash that workers read (in a Lua script) to find batch partners.
+BATCH_TAG_FIELD = "sfumato_batch"
+
+
+def batch_tag(payload: JobPayload) -> str:
+    """``"<digest>:<images>"``: what a worker scanning the queue needs to know about a job."""
+    return f"{BatchKey.of(payload).digest()}:{payload.n}"

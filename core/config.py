@@ -86,6 +86,21 @@ class Settings(BaseSettings):
     worker_name: str | None = Field(default=None, description="Worker name in Redis (default: host + pid).")
     log_level: str = Field(default="INFO", description="Log level.")
 
+    # --- batching -----------------------------------------------------------------------
+    max_batch: int = Field(
+        default=8, ge=1, le=64, description="Most images in one pipeline call (a request with n=4 fills 4 slots)."
+    )
+    max_wait_ms: int = Field(
+        default=25, ge=0, le=10_000, description="Longest a batch waits for partners once its oldest job is taken."
+    )
+    batch_scan_depth: int = Field(
+        default=64, ge=1, le=10_000, description="How far down the queue a worker looks for batch partners."
+    )
+    prompt_cache_size: int = Field(default=512, ge=0, description="Text-encoder outputs kept (LRU entries).")
+    upload_stage_depth: int = Field(
+        default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."
+    )
+
     @property
     def storage_backend(self) -> Literal["local", "s3"]:
         """The backend in force once 'auto' is resolved."""

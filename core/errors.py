@@ -89,3 +89,9 @@ class ModelUnavailable(SfumatoError):
     """The configured model cannot be loaded or the requested backend is missing."""
 
     code = "model_unavailable"
+
+
+class OutOfMemory(GenerationFailed):
+    """The device ran out of memory; the runner retries in smaller batches before failing a job."""
+
+    code = "out_of_memory"

@@ -21,6 +21,7 @@ from rq.job import Job
 from rq.job import JobStatus as RQStatus
 from rq.serializers import JSONSerializer
 
+from core.batch_key import BATCH_TAG_FIELD, batch_tag
 from core.config import Settings
 from core.errors import ErrorDict, JobConflict, JobNotFound, QueueUnavailable
 from core.models import queue_name
@@ -111,19 +112,27 @@ class JobStore:
         return Queue(queue_name(self.settings, model_id), connection=self.connection, serializer=JSONSerializer)
 
     def enqueue(self, payload: JobPayload) -> None:
-        """Put a validated payload on its model's queue. The payload is the only argument."""
-        with redis_errors():
-            self.queue(payload.model).enqueue(
+        """Put a validated payload on its model's queue. The payload is the only argument.
+
+        The job hash also gets its batch tag (``core.batch_key.batch_tag``) in the same
+        MULTI/EXEC, so a worker scanning the queue for partners never sees an untagged job.
+        """
+        queue = self.queue(payload.model)
+        with redis_errors(), self.connection.pipeline() as pipe:
+            job = queue.enqueue_call(
                 GENERATE_FUNC,
-                payload.model_dump(mode="json"),
+                args=[payload.model_dump(mode="json")],
                 job_id=payload.job_id,
-                job_timeout=self.settings.job_timeout_s,
+                timeout=self.settings.job_timeout_s,
                 result_ttl=self.settings.result_ttl_s,
                 failure_ttl=self.settings.result_ttl_s,
                 ttl=self.settings.result_ttl_s,
                 description=f"generate {payload.model} {payload.mode} n={payload.n}",
                 meta={META_TENANT: payload.tenant},
+                pipeline=pipe,
             )
+            pipe.hset(job.key, BATCH_TAG_FIELD, batch_tag(payload))
+            pipe.execute()
 
     def _fetch(self, job_id: str, tenant: str) -> Job:
         with redis_errors():

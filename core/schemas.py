@@ -43,6 +43,11 @@ class ImageRequest(BaseModel):
     image: str | None = Field(None, description="Base64 init image (PNG/JPEG/WebP) for img2img/inpainting.")
     mask: str | None = Field(None, description="Base64 mask for inpainting: white is repainted.")
     strength: float | None = Field(None, gt=0.0, le=1.0, description="img2img/inpaint noise strength.")
+    exact: bool = Field(
+        False,
+        description="Never co-batch this request, so its pixels are bit-identical on every run "
+        "(co-batched images may differ by float rounding, see README).",
+    )
 
 
 class JobPayload(BaseModel):
@@ -66,6 +71,7 @@ class JobPayload(BaseModel):
     clip_skip: int
     output_format: OutputFormat
     strength: float | None = None
+    exact: bool = False
     image_b64: str | None = None
     mask_b64: str | None = None
     created_at: float
@@ -96,11 +102,20 @@ class Timings(BaseModel):
     total_s: float | None = None
 
 
+class BatchInfo(BaseModel):
+    """The pipeline call a job ran in: shows batching at work (no other job's data)."""
+
+    id: str
+    jobs: int
+    images: int
+
+
 class JobResult(BaseModel):
     """What a worker stores as a job's return value (JSON)."""
 
     images: list[StoredImage]
     timings: Timings
+    batch: BatchInfo | None = None
 
 
 class ErrorBody(BaseModel):
@@ -133,6 +148,7 @@ class JobView(BaseModel):
     finished_at: float | None = None
     images: list[ImageOut] = Field(default_factory=list)
     timings: Timings | None = None
+    batch: BatchInfo | None = None
     error: ErrorBody | None = None
 
 

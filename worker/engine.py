@@ -38,13 +38,14 @@ from PIL import Image
 
 from core.batch_key import BatchKey
 from core.config import Settings
-from core.errors import GenerationFailed, ModelUnavailable, SfumatoError
+from core.errors import GenerationFailed, ModelUnavailable, OutOfMemory, SfumatoError
 from core.models import ModelSpec, resolve_model
 from core.schemas import JobPayload
 from worker import inputs
 from worker.attention import Backend, apply_attention, check_attention
 from worker.clip_compat import ensure_text_model_alias
 from worker.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.prompt_cache import PromptEmbeddingCache
 from worker.schedulers import make_scheduler
 from worker.tiny import ensure_tiny_model
 
@@ -137,6 +138,18 @@ class _StepReporter:
         return kwargs
 
 
+@dataclass(frozen=True)
+class PreparedJob:
+    """A payload with its uploads decoded and sized: ready to join a batch.
+
+    Preparing is per job, so a broken upload fails only its own job, never its batch partners.
+    """
+
+    payload: JobPayload
+    image: Image.Image | None = None
+    mask: Image.Image | None = None
+
+
 class Engine:
     """The resident model. Build with :meth:`load`, then :meth:`warmup`, then :meth:`generate`.
 
@@ -151,8 +164,10 @@ class Engine:
         device: torch.device,
         dtype: torch.dtype,
         attention: Backend,
+        prompt_cache: PromptEmbeddingCache | None = None,
     ) -> None:
         self.spec = spec
+        self.prompt_cache = prompt_cache if prompt_cache is not None else PromptEmbeddingCache(capacity=0)
         self.device = device
         self.dtype = dtype
         self.attention = attention
@@ -181,7 +196,7 @@ class Engine:
             spec.id, spec.source, device, str(dtype).removeprefix("torch."), backend,
             time.perf_counter() - started,
         )  # fmt: skip
-        return cls(spec, pipe, device, dtype, backend)
+        return cls(spec, pipe, device, dtype, backend, PromptEmbeddingCache(settings.prompt_cache_size))
 
     # --- generation --------------------------------------------------------------------
 
@@ -207,9 +222,27 @@ class Engine:
     def generate_arrays(self, payloads: Sequence[JobPayload], on_step: StepCallback | None = None) -> list[np.ndarray]:
         """Like :meth:`generate` but the float images in [0, 1], shape ``(n, height, width, 3)``
         per payload, before 8-bit quantisation (exact comparisons in tests and benchmarks)."""
-        key = self._batch_key(payloads)
-        call = self._call_arguments(payloads, key)
+        self._batch_key(payloads)  # caller mistakes first, before decoding anything
+        return self.run([self.prepare(p) for p in payloads], on_step)
+
+    def prepare(self, payload: JobPayload) -> PreparedJob:
+        """Check one job and decode its uploads; GenerationFailed fails only this job."""
+        key = self._batch_key([payload])
+        if key.mode == "txt2img":
+            return PreparedJob(payload)
+        image = inputs.init_image(payload.image_b64, key.width, key.height)
+        mask = inputs.mask_image(payload.mask_b64, key.width, key.height) if key.mode == "inpaint" else None
+        return PreparedJob(payload, image, mask)
+
+    def run(self, jobs: Sequence[PreparedJob], on_step: StepCallback | None = None) -> list[np.ndarray]:
+        """Run prepared jobs (one BatchKey) as ONE pipeline call; float images per job.
+
+        Raises :class:`OutOfMemory` when the device runs out of memory (the caller may retry in
+        smaller batches), GenerationFailed when the model raises; ``on_step``'s errors as is.
+        """
+        key = self._batch_key([job.payload for job in jobs])
         pipe = self.pipeline(key.mode, key.scheduler)
+        call = self._call_arguments(jobs, key, pipe)
         reporter = _StepReporter(on_step)
         # Passed through the dict: the inpainting pipeline annotates the callback with the
         # legacy (step, timestep) signature although it calls the new one.
@@ -220,15 +253,18 @@ class Engine:
         except Exception as exc:
             if exc is reporter.error or isinstance(exc, SfumatoError):
                 raise
-            log.exception("generation failed for %d payload(s), batch %s", len(payloads), key.digest())
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # after an OOM, give the next (smaller) batch a chance
+            if isinstance(exc, torch.OutOfMemoryError):
+                count = sum(job.payload.n for job in jobs)
+                raise OutOfMemory(f"out of device memory for a batch of {count} image(s)") from exc
+            log.exception("generation failed for %d job(s), batch %s", len(jobs), key.digest())
             raise GenerationFailed(f"image generation failed: {_short(exc)}") from exc
         images = np.asarray(output.images, dtype=np.float32)
         results, start = [], 0
-        for payload in payloads:
-            results.append(images[start : start + payload.n])
-            start += payload.n
+        for job in jobs:
+            results.append(images[start : start + job.payload.n])
+            start += job.payload.n
         return results
 
     def warmup(self) -> None:
@@ -283,32 +319,33 @@ class Engine:
                 )
         return key
 
-    def _call_arguments(self, payloads: Sequence[JobPayload], key: BatchKey) -> dict[str, Any]:
-        """The keyword arguments of the one pipeline call: per-image lists plus per-call values."""
+    def _call_arguments(self, jobs: Sequence[PreparedJob], key: BatchKey, pipe: SDPipeline) -> dict[str, Any]:
+        """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
+
+        Prompts go in as cached embeddings, each encoded alone, so a prompt's embedding does not
+        depend on its batch partners. Negative prompts are encoded without clip skip, as
+        diffusers does for them.
+        """
         prompts: list[str] = []
         negatives: list[str] = []
         generators: list[torch.Generator] = []
         images: list[Image.Image] = []
         masks: list[Image.Image] = []
-        for payload in payloads:
-            # Decoded once per payload; the same PIL object serves its n images.
-            image = inputs.init_image(payload.image_b64, key.width, key.height) if key.mode != "txt2img" else None
-            mask = inputs.mask_image(payload.mask_b64, key.width, key.height) if key.mode == "inpaint" else None
-            for seed in payload.seeds:
-                prompts.append(payload.prompt)
-                negatives.append(payload.negative_prompt)
+        for job in jobs:
+            for seed in job.payload.seeds:
+                prompts.append(job.payload.prompt)
+                negatives.append(job.payload.negative_prompt)
                 generators.append(torch.Generator(device=self.device).manual_seed(seed))
-                if image is not None:
-                    images.append(image)
-                if mask is not None:
-                    masks.append(mask)
+                if job.image is not None:
+                    images.append(job.image)
+                if job.mask is not None:
+                    masks.append(job.mask)
         call: dict[str, Any] = {
-            "prompt": prompts,
-            "negative_prompt": negatives,
+            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip),
+            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0),
             "generator": generators,
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance_scale,
-            "clip_skip": key.clip_skip or None,  # 0 = no skip; None keeps diffusers on its plain path
         }
         if key.mode in ("txt2img", "inpaint"):
             call.update(height=key.height, width=key.width)

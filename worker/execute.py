@@ -1,7 +1,8 @@
 """Run validated payloads on the engine and store their images: no queue logic here.
 
-``run_jobs`` is "list in, list out, same length": one :class:`JobOutcome` per payload, so a
-failure is reported per job and the caller completes each job on its own.
+Two stages, so the runner can overlap them: :func:`generate_batch` (denoising, on the device)
+and :func:`store_outputs` (PNG encoding and upload, on the CPU). Both are "list in, list out,
+same length": a failure is reported per job, and each job is completed on its own.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.errors import ErrorDict, GenerationFailed, SfumatoError
-from core.schemas import JobPayload, JobResult, StoredImage, Timings
+import numpy as np
+from diffusers.image_processor import VaeImageProcessor
+
+from core.errors import ErrorDict, GenerationFailed, OutOfMemory, SfumatoError
+from core.schemas import BatchInfo, JobPayload, JobResult, StoredImage, Timings
 from core.storage import CONTENT_TYPES, ObjectStore, image_key
 from worker.encoding import encode_image
-from worker.engine import Engine
+from worker.engine import Engine, PreparedJob, StepCallback
 
 log = logging.getLogger("sfumato.worker")
 
@@ -29,53 +33,120 @@ class JobOutcome:
     error: ErrorDict | None = None
 
 
-def _error_of(exc: BaseException) -> ErrorDict:
+@dataclass(frozen=True)
+class Generated:
+    """One job's float images in [0, 1] ``(n, H, W, 3)``, or why it has none."""
+
+    payload: JobPayload
+    images: np.ndarray | None
+    error: ErrorDict | None
+    inference_s: float
+
+
+def error_of(exc: BaseException) -> ErrorDict:
     if isinstance(exc, SfumatoError):
         return exc.to_dict()
     return GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500]).to_dict()
 
 
-def _store_images(
-    store: ObjectStore, payload: JobPayload, images: Sequence[object], model_name: str
-) -> list[StoredImage]:
-    stored: list[StoredImage] = []
+def _split_images(job: PreparedJob) -> list[PreparedJob]:
+    """One single-image job per image: image i of seed s is exactly the image of seed s+i."""
+    return [
+        PreparedJob(job.payload.model_copy(update={"seed": seed, "n": 1}), job.image, job.mask)
+        for seed in job.payload.seeds
+    ]
+
+
+def run_splitting_on_oom(
+    engine: Engine, jobs: Sequence[PreparedJob], on_step: StepCallback | None = None
+) -> list[np.ndarray | ErrorDict]:
+    """``engine.run``, halving the batch on out-of-memory until it fits.
+
+    A job whose single image still does not fit fails alone (``out_of_memory``); its partners
+    still run. Other errors fail every job of the call that raised.
+    """
+    try:
+        return list(engine.run(jobs, on_step))
+    except OutOfMemory:
+        if len(jobs) > 1:
+            half = len(jobs) // 2
+            log.warning("out of memory for %d jobs; retrying as %d + %d", len(jobs), half, len(jobs) - half)
+            return run_splitting_on_oom(engine, jobs[:half], on_step) + run_splitting_on_oom(
+                engine, jobs[half:], on_step
+            )
+        (job,) = jobs
+        if job.payload.n == 1:
+            log.error("job %s does not fit in device memory even alone", job.payload.job_id)
+            return [OutOfMemory(f"one {job.payload.width}x{job.payload.height} image does not fit in memory").to_dict()]
+        parts = run_splitting_on_oom(engine, _split_images(job), on_step)
+        errors = [part for part in parts if isinstance(part, dict)]
+        if errors:
+            return [errors[0]]
+        return [np.concatenate([part for part in parts if isinstance(part, np.ndarray)], axis=0)]
+
+
+def generate_batch(
+    engine: Engine, payloads: Sequence[JobPayload], on_step: StepCallback | None = None
+) -> list[Generated]:
+    """Prepare each job (a broken upload fails only its job), then denoise the rest together."""
+    prepared: list[PreparedJob] = []
+    errors: dict[str, ErrorDict] = {}
+    for payload in payloads:
+        try:
+            prepared.append(engine.prepare(payload))
+        except Exception as exc:
+            errors[payload.job_id] = error_of(exc)
+    started = time.monotonic()
+    outputs: dict[str, np.ndarray | ErrorDict] = {}
+    if prepared:
+        try:
+            results = run_splitting_on_oom(engine, prepared, on_step)
+        except Exception as exc:
+            log.exception("generation failed for %d job(s)", len(prepared))
+            results = [error_of(exc)] * len(prepared)
+        outputs = {job.payload.job_id: out for job, out in zip(prepared, results, strict=True)}
+    inference_s = time.monotonic() - started
+    generated = []
+    for payload in payloads:
+        out = outputs.get(payload.job_id, errors.get(payload.job_id))
+        if isinstance(out, np.ndarray):
+            generated.append(Generated(payload, out, None, inference_s))
+        else:
+            generated.append(Generated(payload, None, out, inference_s))
+    return generated
+
+
+def store_outputs(
+    store: ObjectStore, generated: Generated, model_name: str, started_at: float, batch: BatchInfo | None = None
+) -> JobOutcome:
+    """Encode and upload one job's images under retry-stable keys; its outcome with timings."""
+    payload = generated.payload
+    if generated.images is None:
+        return JobOutcome(payload=payload, error=generated.error)
+    t0 = time.monotonic()
     ext = payload.output_format
-    for index, (image, seed) in enumerate(zip(images, payload.seeds, strict=True)):
-        data = encode_image(image, payload, index=index, seed=seed, model_name=model_name)  # type: ignore[arg-type]
-        key = image_key(payload.tenant, payload.job_id, index, ext)
-        store.put(key, data, CONTENT_TYPES[ext])
-        stored.append(
-            StoredImage(key=key, index=index, seed=seed, width=payload.width, height=payload.height, format=ext)
-        )
-    return stored
+    stored: list[StoredImage] = []
+    try:
+        pil_images = VaeImageProcessor.numpy_to_pil(generated.images)
+        for index, (image, seed) in enumerate(zip(pil_images, payload.seeds, strict=True)):
+            data = encode_image(image, payload, index=index, seed=seed, model_name=model_name)
+            key = image_key(payload.tenant, payload.job_id, index, ext)
+            store.put(key, data, CONTENT_TYPES[ext])
+            stored.append(
+                StoredImage(key=key, index=index, seed=seed, width=payload.width, height=payload.height, format=ext)
+            )
+    except Exception as exc:
+        log.exception("storing images of job %s failed", payload.job_id)
+        return JobOutcome(payload=payload, error=error_of(exc))
+    timings = Timings(
+        queue_wait_s=round(max(0.0, started_at - payload.created_at), 4),
+        inference_s=round(generated.inference_s, 4),
+        upload_s=round(time.monotonic() - t0, 4),
+        total_s=round(max(0.0, time.time() - payload.created_at), 4),
+    )
+    return JobOutcome(payload=payload, result=JobResult(images=stored, timings=timings, batch=batch))
 
 
 def run_jobs(engine: Engine, store: ObjectStore, payloads: Sequence[JobPayload], started_at: float) -> list[JobOutcome]:
-    """Generate all ``payloads`` in one engine call (they share a batch key), then store each job's
-    images. A failure of the shared call fails every job in it; an upload failure fails only its job.
-    """
-    t0 = time.monotonic()
-    try:
-        batches = engine.generate(payloads)
-    except Exception as exc:
-        log.exception("generation failed for %d job(s)", len(payloads))
-        return [JobOutcome(payload=p, error=_error_of(exc)) for p in payloads]
-    inference_s = time.monotonic() - t0
-    outcomes: list[JobOutcome] = []
-    for payload, images in zip(payloads, batches, strict=True):
-        t_upload = time.monotonic()
-        try:
-            stored = _store_images(store, payload, images, engine.spec.id)
-        except Exception as exc:
-            log.exception("storing images of job %s failed", payload.job_id)
-            outcomes.append(JobOutcome(payload=payload, error=_error_of(exc)))
-            continue
-        now = time.time()
-        timings = Timings(
-            queue_wait_s=round(max(0.0, started_at - payload.created_at), 4),
-            inference_s=round(inference_s, 4),
-            upload_s=round(time.monotonic() - t_upload, 4),
-            total_s=round(max(0.0, now - payload.created_at), 4),
-        )
-        outcomes.append(JobOutcome(payload=payload, result=JobResult(images=stored, timings=timings)))
-    return outcomes
+    """Both stages inline: generate ``payloads`` as one batch, then store each job's images."""
+    return [store_outputs(store, g, engine.spec.id, started_at) for g in generate_batch(engine, payloads)]

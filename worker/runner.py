@@ -1,21 +1,27 @@
-"""The worker loop on RQ: take a job, run it on the resident engine, complete it on its own.
+"""The worker loop on RQ: take a job, gather its batch, run it on the resident engine, and
+complete every job on its own.
 
 Built on RQ's ``SimpleWorker`` (never forks: CUDA contexts and resident weights do not
 survive a fork) by overriding the one hook RQ offers for it, ``execute_job``. RQ keeps doing
-what it does well: blocking dequeue, worker registration and heartbeats, registries, maintenance.
-We replace only "call the job's function": payloads go to :func:`worker.execute.run_jobs`, and
-each job is finished with RQ's own success/failure handling, with our error code in its meta.
+what it does well: blocking dequeue of the leader, worker registration and heartbeats,
+registries, maintenance. We add partner claiming (``worker/batcher.py``), one engine call
+per batch, and completion of each job with RQ's own success/failure handling and our error
+code in its meta. Encoding and upload run in a bounded background stage, so the next batch
+denoises while PNGs are written.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -24,13 +30,17 @@ from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
 from rq.worker import WorkerStatus
 
+from core.batch_key import BatchKey
 from core.config import Settings
 from core.errors import ErrorDict, GenerationFailed
 from core.jobs import META_ERROR, payload_of
 from core.presence import announce, withdraw
+from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
+from worker.batcher import BatchPolicy, PartnerClaimer, gather_partners
 from worker.engine import Engine
-from worker.execute import JobOutcome, run_jobs
+from worker.execute import Generated, JobOutcome, generate_batch, store_outputs
+from worker.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
 
@@ -43,8 +53,19 @@ class JobFailed(Exception):
         self.error = error
 
 
+@dataclass
+class ActiveJob:
+    """A job this worker has started: RQ's records plus its validated payload."""
+
+    job: Job
+    queue: Queue
+    execution: Execution
+    payload: JobPayload
+    started_at: float
+
+
 class SfumatoWorker(SimpleWorker):
-    """An RQ worker whose jobs run on one resident :class:`Engine`."""
+    """An RQ worker whose jobs run, in batches, on one resident :class:`Engine`."""
 
     def __init__(
         self, queues: list[Queue], *, engine: Engine, store: ObjectStore, settings: Settings, **kwargs: Any
@@ -54,46 +75,103 @@ class SfumatoWorker(SimpleWorker):
         self.engine = engine
         self.store = store
         self.settings = settings
+        self.policy = BatchPolicy(
+            max_images=settings.max_batch,
+            max_wait_s=settings.max_wait_ms / 1000,
+            scan_depth=settings.batch_scan_depth,
+        )
+        self.completion_stage = BackgroundStage(settings.upload_stage_depth)
+        self._claimers: dict[str, PartnerClaimer] = {}
 
     # --- the RQ hook ---------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
         try:
-            self._perform(job, queue, execution)
+            leader = self._start(job, queue)
+            if leader is None:
+                return
+            batch = [leader, *self._claim_partners(leader)]
+            generated = self._generate(batch)
+            self.completion_stage.submit(lambda: self._store_and_complete(batch, generated))
         finally:
             self.set_state(WorkerStatus.IDLE)
 
-    def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
+    def teardown(self) -> None:
+        # Warm shutdown: jobs whose images are still being written are completed first.
+        self.completion_stage.close()
+        super().teardown()
+
+    # --- starting jobs -------------------------------------------------------------------
+    def _start(self, job: Job, queue: Queue) -> ActiveJob | None:
+        """Register ``job`` as running; None if it must not run (canceled, broken payload)."""
+        execution = self.prepare_execution(job)
         if job.get_status(refresh=True) == RQStatus.CANCELED:
-            # Canceled between dequeue and start: it must never run.
             with self.connection.pipeline() as pipe:
                 self.cleanup_execution(job, pipeline=pipe, execution=execution)
                 pipe.execute()
             log.info("job %s was canceled before it started", job.id)
-            return
-        self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+            return None
+        self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         job.started_at = rq_now()
         try:
             payload = payload_of(job)
         except Exception as exc:
-            self._fail(job, queue, execution, GenerationFailed(f"invalid job payload: {exc}"[:500]).to_dict())
-            return
-        timeout = job.timeout or self.settings.job_timeout_s
+            error = GenerationFailed(f"invalid job payload: {exc}"[:500]).to_dict()
+            self._fail(job, queue, execution, error)
+            return None
+        return ActiveJob(job, queue, execution, payload, started_at=time.time())
+
+    def _claimer(self, queue: Queue) -> PartnerClaimer:
+        if queue.name not in self._claimers:
+            self._claimers[queue.name] = PartnerClaimer(self.connection, queue, self.policy.scan_depth)
+        return self._claimers[queue.name]
+
+    def _claim_partners(self, leader: ActiveJob) -> list[ActiveJob]:
+        """Claim queued jobs with the leader's batch key and start them."""
+        digest = BatchKey.of(leader.payload).digest()
+        claimer = self._claimer(leader.queue)
+        ids = gather_partners(
+            leader.payload.n, leader.payload.exact, lambda capacity: claimer.claim(digest, capacity), self.policy
+        )
+        partners = []
+        for job_id in ids:
+            try:
+                job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
+            except NoSuchJobError:  # expired while queued
+                self.connection.lrem(f"{leader.queue.key}:intermediate", 1, job_id)
+                continue
+            active = self._start(job, leader.queue)
+            if active is not None:
+                partners.append(active)
+        return partners
+
+    # --- running -------------------------------------------------------------------------
+    def _generate(self, batch: list[ActiveJob]) -> list[Generated]:
+        timeout = min(a.job.timeout or self.settings.job_timeout_s for a in batch)
+        payloads = [a.payload for a in batch]
+        log.info("running batch of %d job(s), %d image(s)", len(batch), sum(p.n for p in payloads))
         try:
-            with self.death_penalty_class(timeout, JobTimeoutException, job_id=job.id):
-                (outcome,) = run_jobs(self.engine, self.store, [payload], started_at=time.time())
+            with self.death_penalty_class(timeout, JobTimeoutException, job_id=batch[0].job.id):
+                return generate_batch(self.engine, payloads)
         except JobTimeoutException:
-            error = ErrorDict(code="timeout", message=f"the job ran longer than {timeout} s", param=None)
-            outcome = JobOutcome(payload=payload, error=error)
-        self._complete(job, queue, execution, outcome)
+            error = ErrorDict(code="timeout", message=f"the batch ran longer than {timeout} s", param=None)
+            return [Generated(p, None, error, float(timeout)) for p in payloads]
+
+    def _store_and_complete(self, batch: list[ActiveJob], generated: list[Generated]) -> None:
+        info = BatchInfo(id=secrets.token_hex(8), jobs=len(batch), images=sum(a.payload.n for a in batch))
+        for active, gen in zip(batch, generated, strict=True):
+            try:
+                outcome = store_outputs(self.store, gen, self.engine.spec.id, active.started_at, info)
+            except Exception as exc:  # never leave a started job behind
+                outcome = JobOutcome(active.payload, error=GenerationFailed(f"completion failed: {exc}").to_dict())
+            self._complete(active, outcome)
 
     # --- completion ----------------------------------------------------------------------
-    def _complete(self, job: Job, queue: Queue, execution: Execution, outcome: JobOutcome) -> None:
+    def _complete(self, active: ActiveJob, outcome: JobOutcome) -> None:
         if outcome.result is not None:
-            self._finalize_success(job, queue, execution, outcome.result.model_dump(mode="json"))
+            self._finalize_success(active.job, active.queue, active.execution, outcome.result.model_dump(mode="json"))
         else:
             assert outcome.error is not None
-            self._fail(job, queue, execution, outcome.error)
+            self._fail(active.job, active.queue, active.execution, outcome.error)
 
     def _fail(self, job: Job, queue: Queue, execution: Execution, error: ErrorDict) -> None:
         job.meta[META_ERROR] = dict(error)

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,12 @@ pytest.importorskip("diffusers")
 import torch
 from PIL import Image
 
-from core.config import Settings
 from core.errors import GenerationFailed, ModelUnavailable
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
-from core.schemas import JobPayload
+from tests.support.engine import b64 as _b64
+from tests.support.engine import engine_settings as _settings
+from tests.support.engine import noise_image as _noise_image
+from tests.support.engine import payload
 from worker import tiny
 from worker.encoding import content_type_for, encode_image
 from worker.engine import Engine
@@ -31,77 +32,7 @@ from worker.engine import Engine
 # LMS and UniPC call np.array() on a tensor; numpy 2 warns about the copy keyword. Harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
-# --- fixtures and helpers ---------------------------------------------------------------
-
-
-def _settings(data_dir: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "data_dir": data_dir,
-        "model": "tiny",
-        "model_id": None,
-        "device": "cpu",
-        "dtype": "float32",
-        "attention": "sdpa",
-        "torch_threads": None,
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("sfumato-data")
-
-
-@pytest.fixture(scope="session")
-def engine(data_dir: Path) -> Engine:
-    eng = Engine.load(_settings(data_dir))
-    eng.warmup()
-    return eng
-
-
-def _b64(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _noise_image(seed: int, size: tuple[int, int] = (80, 72)) -> str:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    return _b64(Image.fromarray(pixels))
-
-
-def _mask() -> str:
-    mask = Image.new("L", (64, 64), 0)
-    mask.paste(255, (16, 16, 48, 48))
-    return _b64(mask)
-
-
-def payload(**fields: Any) -> JobPayload:
-    values: dict[str, Any] = {
-        "job_id": "job-1",
-        "tenant": "t1",
-        "model": "tiny",
-        "mode": "txt2img",
-        "prompt": "a photo of a cat",
-        "negative_prompt": "",
-        "width": 64,
-        "height": 64,
-        "steps": 3,
-        "guidance_scale": 7.5,
-        "scheduler": "ddim",
-        "seed": 42,
-        "n": 1,
-        "clip_skip": 0,
-        "output_format": "png",
-        "created_at": 0.0,
-    }
-    if fields.get("mode") in ("img2img", "inpaint"):
-        values.update(image_b64=_noise_image(0), strength=0.7)
-    if fields.get("mode") == "inpaint":
-        values["mask_b64"] = _mask()
-    values.update(fields)
-    return JobPayload(**values)
+# --- helpers ---------------------------------------------------------------------------
 
 
 def one(engine: Engine, **fields: Any) -> np.ndarray:
@@ -305,17 +236,15 @@ def test_on_step_exception_propagates_unchanged(engine: Engine) -> None:
 
 
 def test_pipeline_errors_become_generation_failed(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(**kwargs: Any) -> None:
-        raise RuntimeError("CUDA out of memory\nTraceback (most recent call last): ...")
+    # Fault injection around the real UNet: the real pipeline runs and the UNet call raises.
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("kernel exploded\nTraceback (most recent call last): ...")
 
-    def fake_pipeline(mode: str, scheduler: str) -> Callable[..., None]:
-        return broken
-
-    monkeypatch.setattr(engine, "pipeline", fake_pipeline)
+    monkeypatch.setattr(engine._components["unet"], "forward", broken)
     with pytest.raises(GenerationFailed) as info:
         engine.generate([payload()])
     assert info.value.code == "generation_failed"
-    assert "out of memory" in info.value.message
+    assert "kernel exploded" in info.value.message
     assert "Traceback" not in info.value.message
 
 

@@ -57,6 +57,7 @@ BATCH_WIDE: dict[str, Any] = {
     "scheduler": "euler_a",
     "clip_skip": 1,
     "strength": 0.5,
+    "exact": True,
 }
 
 
@@ -104,3 +105,9 @@ def test_digest_is_short_stable_hex() -> None:
 def test_key_is_hashable_for_grouping() -> None:
     groups = {BatchKey.of(payload(prompt=p)) for p in ("a", "b", "c")}
     assert len(groups) == 1
+
+
+def test_batch_tag_carries_the_digest_and_the_image_count() -> None:
+    from core.batch_key import batch_tag
+
+    assert batch_tag(payload(n=3)) == f"{BatchKey.of(payload()).digest()}:3"

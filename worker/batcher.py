@@ -1,0 +1,109 @@
+"""Which queued jobs run together.
+
+A worker takes the oldest job with RQ's normal blocking dequeue (the *leader*), then claims
+up to ``max_batch`` images' worth of queued jobs with the same batch key, waiting at most
+``max_wait_ms`` for them. The leader is always the head of the queue, so the oldest job of any
+key starts within ``max_wait_ms`` of reaching the head: one busy key cannot starve another.
+
+Claiming is one Lua script: it scans the head of the queue, and moves each matching job to
+RQ's intermediate queue exactly as RQ's own dequeue does (LREM + RPUSH inside the script), so
+two workers never claim the same job and RQ's maintenance still sees every taken job.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+from rq import Queue
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Job
+
+from core.batch_key import BATCH_TAG_FIELD
+
+#: KEYS: queue list, intermediate list. ARGV: digest, capacity (images), scan depth, job key prefix,
+#: tag field. Returns a flat list: job id, images, job id, images...
+_CLAIM_LUA = """
+local queue, intermediate = KEYS[1], KEYS[2]
+local digest, capacity = ARGV[1], tonumber(ARGV[2])
+local depth, prefix, field = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local claimed = {}
+if capacity <= 0 then return claimed end
+local ids = redis.call('LRANGE', queue, 0, depth - 1)
+for _, id in ipairs(ids) do
+  local tag = redis.call('HGET', prefix .. id, field)
+  if tag then
+    local sep = string.find(tag, ':', 1, true)
+    local n = sep and tonumber(string.sub(tag, sep + 1))
+    if n and string.sub(tag, 1, sep - 1) == digest and n <= capacity then
+      if redis.call('LREM', queue, 1, id) == 1 then
+        redis.call('RPUSH', intermediate, id)
+        claimed[#claimed + 1] = id
+        claimed[#claimed + 1] = n
+        capacity = capacity - n
+        if capacity <= 0 then break end
+      end
+    end
+  end
+end
+return claimed
+"""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """The two knobs (as in Ray Serve's ``@serve.batch``) plus how far to look for partners."""
+
+    max_images: int
+    max_wait_s: float
+    scan_depth: int = 64
+    poll_interval_s: float = 0.005
+
+
+#: ``claim(capacity_in_images) -> [(job_id, images), ...]``
+ClaimFn = Callable[[int], list[tuple[str, int]]]
+
+
+def gather_partners(
+    leader_images: int,
+    exact: bool,
+    claim: ClaimFn,
+    policy: BatchPolicy,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Claim partner jobs for a leader until the batch is full or the wait bound passes.
+
+    Pure policy (no Redis): ``claim`` does the atomic work. An ``exact`` leader runs alone.
+    """
+    if exact or leader_images >= policy.max_images:
+        return []
+    deadline = clock() + policy.max_wait_s
+    used, partners = leader_images, []
+    while True:
+        for job_id, images in claim(policy.max_images - used):
+            partners.append(job_id)
+            used += images
+        remaining = deadline - clock()
+        if used >= policy.max_images or remaining <= 0:
+            return partners
+        sleep(min(policy.poll_interval_s, remaining))
+
+
+class PartnerClaimer:
+    """Atomically takes queued jobs with one batch digest off one RQ queue."""
+
+    def __init__(self, connection: redis.Redis, queue: Queue, scan_depth: int) -> None:
+        self._script = connection.register_script(_CLAIM_LUA)
+        self._keys = [queue.key, IntermediateQueue(queue.key, connection).key]
+        self._scan_depth = scan_depth
+
+    def claim(self, digest: str, capacity: int) -> list[tuple[str, int]]:
+        flat = self._script(
+            keys=self._keys,
+            args=[digest, capacity, self._scan_depth, Job.redis_job_namespace_prefix, BATCH_TAG_FIELD],
+        )
+        decoded = [item.decode() if isinstance(item, bytes) else item for item in flat]
+        return [(str(decoded[i]), int(decoded[i + 1])) for i in range(0, len(decoded), 2)]
