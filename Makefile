@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfumato-installed
 
-.PHONY: install run test pytest lint bench clean
+.PHONY: install run test pytest lint bench clean prometheus-tools
 
 # torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
 # multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
@@ -23,10 +23,15 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m worker.devstack
 
 ## Lint, type-check and run the whole test suite.
-test: install lint pytest
+test: install prometheus-tools lint pytest
 
-pytest: install
+pytest: install prometheus-tools
 	$(PY) -m pytest -q
+
+## prometheus + promtool (Debian package) for the deploy and scrape tests: installed when missing
+## and root; otherwise those tests are skipped with the reason.
+prometheus-tools:
+	@bash deploy/prometheus/ensure-prometheus.sh
 
 lint: install
 	$(VENV)/bin/ruff check core api worker sfumato tests bench

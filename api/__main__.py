@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-
-import uvicorn
-
-from api.app import create_app
+from api.serving import serve
 from core.config import get_settings
+from core.logs import configure_logging
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_level="info")
+    configure_logging(settings, "api")
+    serve(settings)  # api/serving.py: uvicorn, one process or SFUMATO_API_WORKERS with merged metrics
 
 
 if __name__ == "__main__":

@@ -8,30 +8,43 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.routes import files, health, images, models
+from api.hardening import install_middleware
+from api.metrics import install_observability
+from api.routes import admin_keys, files, health, images, models
 from api.services import ApiServices
+from api.startup import announce_auth_mode, seed_keys_from_file
 from core.config import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app for ``settings`` (default: from the environment). No I/O until startup."""
+    settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        services = ApiServices.build(settings or get_settings())
+        services = ApiServices.build(settings)
         app.state.services = services
+        announce_auth_mode(settings)
+        seed_keys_from_file(services)
         try:
             yield
         finally:
             services.close()
+            await services.waiter.aclose()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Sfumato",
         version="0.1.0",
         summary="Self-hosted Stable Diffusion: a job API in front of batching GPU workers.",
         lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
     )
     install_error_handlers(app)
-    for module in (images, models, files, health):
+    install_middleware(app, settings)
+    install_observability(app, settings)  # outermost: metrics, request ids, access log, /metrics
+    for module in (images, models, admin_keys, files, health):
         app.include_router(module.router)
     return app

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the app's services and the calling tenant."""
+"""FastAPI dependencies: the app's services and the calling principal, by scope."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.auth import require
 from api.services import ApiServices
-
-DEFAULT_TENANT = "default"
+from core.apikeys import ADMIN, IMAGES_READ, IMAGES_WRITE, Principal
 
 
 def get_services(request: Request) -> ApiServices:
@@ -16,10 +16,8 @@ def get_services(request: Request) -> ApiServices:
     return services
 
 
-def get_tenant() -> str:
-    """The tenant of the caller. Until API keys land every caller is the default tenant."""
-    return DEFAULT_TENANT
-
-
 Services = Annotated[ApiServices, Depends(get_services)]
-Tenant = Annotated[str, Depends(get_tenant)]
+#: The authenticated caller, when its key holds the scope (401 / 403 otherwise).
+Reader = Annotated[Principal, Depends(require(IMAGES_READ))]
+Writer = Annotated[Principal, Depends(require(IMAGES_WRITE))]
+Admin = Annotated[Principal, Depends(require(ADMIN))]

@@ -16,21 +16,30 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import (
+    Forbidden,
     InvalidRequest,
     InvalidSignature,
     JobConflict,
     JobNotFound,
     ModelUnavailable,
+    PayloadTooLarge,
     QueueUnavailable,
+    RateLimited,
     SfumatoError,
     StorageUnavailable,
+    Unauthorized,
 )
+from core.schemas import ErrorResponse
 
 log = logging.getLogger("sfumato.api")
 
 #: Most specific class first; the first match wins.
 HTTP_STATUS: tuple[tuple[type[SfumatoError], int], ...] = (
     (InvalidRequest, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (PayloadTooLarge, 413),
+    (RateLimited, 429),
     (JobNotFound, 404),
     (JobConflict, 409),
     (InvalidSignature, 403),
@@ -38,6 +47,34 @@ HTTP_STATUS: tuple[tuple[type[SfumatoError], int], ...] = (
     (StorageUnavailable, 503),
     (ModelUnavailable, 503),
 )
+
+
+_RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}, "required": True}
+}
+_DOCUMENTED: dict[int, dict[str, Any]] = {
+    401: {
+        "description": "No API key, or a malformed, unknown or revoked one (code unauthorized)",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
+    },
+    403: {"description": "The key lacks the scope this operation needs (code forbidden)"},
+    404: {"description": "No such resource (another tenant's job is indistinguishable from a missing one)"},
+    409: {"description": "The job's state does not allow this (e.g. cancelling a finished job)"},
+    413: {"description": "The request body is over SFUMATO_MAX_BODY_BYTES; it was not parsed"},
+    422: {"description": "Invalid request: the message names the field, the value and the limit"},
+    429: {
+        "description": "A rate limit, quota or the queue cap; param names it (code rate_limited or queue_full)",
+        "headers": _RETRY_AFTER,
+    },
+    503: {"description": "Queue or storage unavailable; retry after Retry-After", "headers": _RETRY_AFTER},
+}
+#: What any route behind an API key may answer besides its own outcomes.
+AUTHENTICATED = (401, 403, 413, 422, 429, 503)
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ``ErrorResponse`` body."""
+    return {status: {"model": ErrorResponse, **_DOCUMENTED[status]} for status in sorted(set(statuses))}
 
 
 def status_for(exc: SfumatoError) -> int:
@@ -66,11 +103,29 @@ def _describe_validation_error(err: dict[str, Any]) -> tuple[str | None, str]:
     return param, message
 
 
+def _headers_for(exc: SfumatoError, status: int) -> dict[str, str]:
+    """Headers the status calls for: when to retry (429, 503), how to authenticate (401)."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(exc.retry_after_s)}
+    if status == 503:
+        return {"Retry-After": str(QueueUnavailable.retry_after_s)}
+    if isinstance(exc, Unauthorized):
+        challenge = 'Bearer realm="sfumato"'
+        if exc.token_presented:  # RFC 6750 section 3.1
+            challenge += ', error="invalid_token"'
+        return {"WWW-Authenticate": challenge}
+    return {}
+
+
+def response_for(exc: SfumatoError) -> JSONResponse:
+    """The HTTP response of ``exc``: used by the handler below and by the ASGI middlewares."""
+    status = status_for(exc)
+    return error_response(status, exc.code, exc.message, exc.param, **_headers_for(exc, status))
+
+
 async def _sfumato_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, SfumatoError)
-    status = status_for(exc)
-    headers = {"Retry-After": str(QueueUnavailable.retry_after_s)} if status == 503 else {}
-    return error_response(status, exc.code, exc.message, exc.param, **headers)
+    return response_for(exc)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -84,6 +139,10 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): the same 422 as
+        # any other malformed body, so clients see one status and one code for it.
+        return error_response(422, InvalidRequest.code, "the request body is not valid JSON", "body")
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return error_response(exc.status_code, code, str(exc.detail), None, **(exc.headers or {}))
 

@@ -1,4 +1,4 @@
-"""What a request handler may use: settings, the job store, the object store.
+"""What a request handler may use: settings, the job store, the object store, API keys, quotas.
 
 Built once per app in the lifespan and reached through ``Annotated`` dependencies, so the web
 process holds no global state and tests can build an app per Settings.
@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api.waiting import CompletionWaiter
+from core.apikeys import KeyStore
 from core.config import Settings
+from core.idempotency import IdempotencyKeys
 from core.jobs import JobStore, connect
+from core.quotas import Quotas
 from core.storage import LocalStore, S3Store, build_store
 
 
@@ -18,10 +22,24 @@ class ApiServices:
     settings: Settings
     jobs: JobStore
     store: LocalStore | S3Store
+    keys: KeyStore
+    quotas: Quotas
+    waiter: CompletionWaiter
+    idempotency: IdempotencyKeys
 
     @classmethod
     def build(cls, settings: Settings) -> ApiServices:
-        return cls(settings=settings, jobs=JobStore(connect(settings), settings), store=build_store(settings))
+        connection = connect(settings)
+        jobs = JobStore(connection, settings)
+        return cls(
+            settings=settings,
+            jobs=jobs,
+            store=build_store(settings),
+            keys=KeyStore(connection, settings),
+            quotas=Quotas(connection, settings, jobs),
+            waiter=CompletionWaiter(settings),
+            idempotency=IdempotencyKeys(connection, settings),
+        )
 
     def close(self) -> None:
         self.jobs.connection.close()

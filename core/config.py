@@ -101,6 +101,89 @@ class Settings(BaseSettings):
         default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."
     )
 
+    # --- reliability --------------------------------------------------------------------
+    job_attempts: int = Field(
+        default=3, ge=1, le=20, description="Runs a job gets when its worker dies (kill -9, OOM-kill, node loss)."
+    )
+    heartbeat_interval_s: float = Field(
+        default=3.0, gt=0, le=60, description="How often a busy worker proves its jobs are alive."
+    )
+    execution_ttl_s: int = Field(
+        default=15, ge=2, le=600, description="A running job whose worker missed heartbeats this long is re-queued."
+    )
+    reaper_interval_s: float = Field(
+        default=5.0, gt=0, le=300, description="How often workers look for jobs of dead workers."
+    )
+    worker_ttl_s: int = Field(
+        default=30, ge=16, le=3600, description="Worker registration TTL (also bounds the blocking dequeue)."
+    )
+    max_timeout_s: int = Field(
+        default=24 * 3600, ge=1, description="Largest timeout_s (start deadline) a request may carry."
+    )
+    idempotency_ttl_s: int = Field(default=24 * 3600, ge=60, description="How long an Idempotency-Key maps to its job.")
+    storage_retry_budget_s: float = Field(
+        default=60.0, ge=0, description="How long uploads are retried (with backoff) before a job fails."
+    )
+
+    # --- security (API keys, quotas, hardening; see README "Security") -------------------
+    auth_enabled: bool = Field(
+        default=True, description="Require an API key on /v1 routes. Off only in `make run`'s dev mode."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="JSON file of API keys (plaintext or SHA-256) registered at API start-up."
+    )
+    rate_limit_rps: float = Field(
+        default=20.0, ge=0, description="Requests per second per key (token bucket refill); 0 = no limit."
+    )
+    rate_limit_burst: int = Field(default=40, ge=1, description="Requests a key may send at once (bucket size).")
+    images_per_minute: int = Field(default=120, ge=0, description="Images per minute per key; 0 = no limit.")
+    max_concurrent_jobs: int = Field(default=16, ge=0, description="Queued + running jobs per key; 0 = no limit.")
+    max_queue_depth: int = Field(
+        default=1000, ge=0, description="Queued jobs per model before new ones get 429 queue_full; 0 = no cap."
+    )
+    max_body_bytes: int | None = Field(
+        default=None, ge=1024, description="Largest request body (413 above); default: two maximal uploads + 64 KiB."
+    )
+    cors_allow_origins: str = Field(
+        default="", description="Comma-separated origins allowed by CORS ('*' for any); empty = CORS off."
+    )
+    hsts_max_age_s: int = Field(
+        default=0, ge=0, description="Strict-Transport-Security max-age; 0 = no header (set it behind TLS)."
+    )
+    docs_enabled: bool = Field(default=True, description="Serve /docs and /openapi.json (no secrets in them).")
+    allow_pickle_weights: bool = Field(
+        default=False, description="Let the worker load pickle (.bin/.ckpt) weights. Unsafe: unpickling runs code."
+    )
+
+    # --- observability (metrics, logs; see README "Observability") ------------------------
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="Log lines: one JSON object per event, or 'text' for people (make run)."
+    )
+    metrics_enabled: bool = Field(
+        default=True, description="Record Prometheus metrics and serve them on /metrics (API and workers)."
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1", description="Bind address of a worker's /metrics and /healthz (0.0.0.0 in a pod)."
+    )
+    worker_metrics_port: int = Field(
+        default=9450, ge=0, le=65535, description="Port of a worker's /metrics and /healthz; 0 = no HTTP server."
+    )
+    api_workers: int = Field(
+        default=1, ge=1, le=64, description="uvicorn worker processes of the API (>1: metrics in multiprocess mode)."
+    )
+
+    @property
+    def resolved_max_body_bytes(self) -> int:
+        """The body limit in force: explicit, or room for an image and a mask at the upload limit."""
+        if self.max_body_bytes is not None:
+            return self.max_body_bytes
+        return 2 * (self.max_upload_bytes * 4 // 3 + 4) + 64 * 1024
+
+    @property
+    def cors_origins(self) -> list[str]:
+        """SFUMATO_CORS_ALLOW_ORIGINS as a list (empty: CORS is off)."""
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+
     @property
     def storage_backend(self) -> Literal["local", "s3"]:
         """The backend in force once 'auto' is resolved."""

@@ -95,3 +95,59 @@ class OutOfMemory(GenerationFailed):
     """The device ran out of memory; the runner retries in smaller batches before failing a job."""
 
     code = "out_of_memory"
+
+
+# --- security -------------------------------------------------------------------------------
+
+
+class Unauthorized(SfumatoError):
+    """No API key, or one that is malformed, unknown or revoked (HTTP 401)."""
+
+    code = "unauthorized"
+
+    def __init__(self, message: str, *, param: str | None = None, token_presented: bool = False) -> None:
+        super().__init__(message, param=param)
+        #: RFC 6750: a presented-but-bad token is ``error="invalid_token"``; none at all is not.
+        self.token_presented = token_presented
+
+
+class Forbidden(SfumatoError):
+    """The key is valid but lacks the scope the operation needs (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class RateLimited(SfumatoError):
+    """A per-key rate limit or quota is exhausted (HTTP 429 + ``Retry-After``).
+
+    ``param`` names the limit (``requests_per_second``, ``images_per_minute``,
+    ``concurrent_jobs``); ``retry_after_s`` is when the caller may try again.
+    """
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, param: str | None = None, retry_after_s: int = 1) -> None:
+        super().__init__(message, param=param)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+class QueueFull(RateLimited):
+    """The model's queue is at its global depth cap (HTTP 429): the service is saturated."""
+
+    code = "queue_full"
+
+
+class PayloadTooLarge(SfumatoError):
+    """The request body is larger than SFUMATO_MAX_BODY_BYTES (HTTP 413); it was not parsed."""
+
+    code = "payload_too_large"
+
+
+class UnsafeUrl(SfumatoError):
+    """A URL the server was asked to fetch is refused (scheme, address, redirect, size, time)."""
+
+    code = "unsafe_url"
+
+
+class KeyNotFound(JobNotFound):
+    """No API key with that id (HTTP 404, code ``not_found``)."""

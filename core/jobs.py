@@ -7,23 +7,27 @@ meta fields, result shape) is defined once. Redis failures surface as
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from core.batch_key import BATCH_TAG_FIELD, batch_tag
 from core.config import Settings
 from core.errors import ErrorDict, JobConflict, JobNotFound, QueueUnavailable
+from core.logs import request_meta
+from core.metrics import record_finished, record_submitted
 from core.models import queue_name
 from core.schemas import JobPayload, JobResult, JobStatus
 
@@ -34,6 +38,10 @@ GENERATE_FUNC = "worker.tasks.generate"
 #: meta fields (small, bounded): never prompts or images, those stay in the payload.
 META_TENANT = "tenant"
 META_ERROR = "error"
+#: The id of the HTTP request that submitted the job (X-Request-ID), for logs on both sides.
+META_REQUEST_ID = "request_id"
+#: What RQ accepts as a job id (letters, digits, '_', '-'), bounded; ours are 32 hex characters.
+_VALID_JOB_ID = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 _STATUS_MAP: dict[str, JobStatus] = {
     RQStatus.QUEUED: "queued",
@@ -128,13 +136,24 @@ class JobStore:
                 failure_ttl=self.settings.result_ttl_s,
                 ttl=self.settings.result_ttl_s,
                 description=f"generate {payload.model} {payload.mode} n={payload.n}",
-                meta={META_TENANT: payload.tenant},
+                meta={META_TENANT: payload.tenant, **request_meta(META_REQUEST_ID)},
+                retry=self._retry(),
                 pipeline=pipe,
             )
             pipe.hset(job.key, BATCH_TAG_FIELD, batch_tag(payload))
             pipe.execute()
+        record_submitted(payload)
+
+    def _retry(self) -> Retry | None:
+        """Runs left after a worker dies under the job; a re-run goes to the head of the queue
+        (it was the oldest job there), so recovery is not a trip to the back of a long queue."""
+        if self.settings.job_attempts <= 1:
+            return None
+        return Retry(max=self.settings.job_attempts - 1, enqueue_at_front=True)
 
     def _fetch(self, job_id: str, tenant: str) -> Job:
+        if not _VALID_JOB_ID.fullmatch(job_id):  # RQ raises ValueError on these: a 404, not a 500
+            raise JobNotFound(f"no job with id {job_id[:64]!r}", param="id")
         with redis_errors():
             try:
                 job = Job.fetch(job_id, connection=self.connection, serializer=JSONSerializer)
@@ -151,28 +170,57 @@ class JobStore:
         with redis_errors():
             return record_of(job)
 
-    def cancel(self, job_id: str, tenant: str) -> JobRecord:
-        """Cancel a queued job. Running and finished jobs are a :class:`JobConflict`."""
+    def cancel(self, job_id: str, tenant: str) -> tuple[JobRecord, bool]:
+        """Cancel a job: ``(record, done)``.
+
+        A queued job is removed and never runs (``done``). A running job gets a cancel request
+        that its worker sees at the next denoising step (``done`` is False: the record still says
+        running). A finished job is a :class:`JobConflict`.
+        """
         job = self._fetch(job_id, tenant)
         with redis_errors():
             status = _STATUS_MAP.get(job.get_status(refresh=True), "failed")
             if status == "canceled":
-                return record_of(job)
-            if status != "queued":
+                return record_of(job), True
+            if status in ("succeeded", "failed"):
                 raise JobConflict(f"job {job_id} is {status} and can no longer be canceled", param="id")
             # Claim the job off the queue list first: LREM is atomic, so either we remove it
             # (and no worker can take it any more) or a worker already has it.
-            if not self.connection.lrem(Queue(job.origin, connection=self.connection).key, 0, job_id):
-                raise JobConflict(f"job {job_id} has just started and can no longer be canceled", param="id")
-            try:
-                job.cancel()
-            except InvalidJobOperation:
-                raise JobConflict(f"job {job_id} can no longer be canceled", param="id") from None
-            return record_of(job)
+            queue_key = Queue(job.origin, connection=self.connection).key
+            if status == "queued" and self.connection.lrem(queue_key, 0, job_id):
+                with suppress(InvalidJobOperation):  # canceled concurrently: the outcome is the same
+                    job.cancel()
+                record_finished(payload_of(job).model, "canceled")
+                return record_of(job), True
+            self.connection.set(cancel_key(self.settings, job_id), "1", ex=self.settings.job_timeout_s + 60)
+            return record_of(job), False
 
     def ping(self) -> bool:
         with redis_errors():
             return bool(self.connection.ping())
+
+
+def cancel_key(settings: Settings, job_id: str) -> str:
+    """Set by the API to ask the worker running ``job_id`` to stop it."""
+    return f"{settings.queue_prefix}:cancel:{job_id}"
+
+
+def _abandoned_error(job: Job) -> ErrorDict | None:
+    """RQ fails a job whose worker died (missed heartbeats) without our meta: say so."""
+    latest = job.latest_result()
+    text = (latest.exc_string or "") if latest is not None else ""
+    if "AbandonedJobError" in text or "stuck in intermediate queue" in text:
+        return {
+            "code": "worker_lost",
+            "message": "the worker running this job died on its last attempt (SFUMATO_JOB_ATTEMPTS); not completed",
+            "param": None,
+        }
+    return None
+
+
+def results_key(job_id: str) -> str:
+    """The Redis stream RQ appends each of the job's results (success or failure) to."""
+    return Result.get_key(job_id)
 
 
 def payload_of(job: Job) -> JobPayload:
@@ -194,7 +242,7 @@ def record_of(job: Job) -> JobRecord:
             "message": "the job failed without a recorded reason",
             "param": None,
         }
-        error = job.meta.get(META_ERROR) or unrecorded
+        error = job.meta.get(META_ERROR) or _abandoned_error(job) or unrecorded
     return JobRecord(
         payload=payload_of(job),
         status=status,

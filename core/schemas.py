@@ -43,6 +43,11 @@ class ImageRequest(BaseModel):
     image: str | None = Field(None, description="Base64 init image (PNG/JPEG/WebP) for img2img/inpainting.")
     mask: str | None = Field(None, description="Base64 mask for inpainting: white is repainted.")
     strength: float | None = Field(None, gt=0.0, le=1.0, description="img2img/inpaint noise strength.")
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        description="Start deadline: a job not started within this many seconds fails with deadline_exceeded.",
+    )
     exact: bool = Field(
         False,
         description="Never co-batch this request, so its pixels are bit-identical on every run "
@@ -72,6 +77,7 @@ class JobPayload(BaseModel):
     output_format: OutputFormat
     strength: float | None = None
     exact: bool = False
+    deadline_at: float | None = None
     image_b64: str | None = None
     mask_b64: str | None = None
     created_at: float
@@ -154,3 +160,61 @@ class JobView(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
+
+
+# --- security: tenant job listing and API-key administration ------------------------------
+
+
+class JobList(BaseModel):
+    """Body of ``GET /v1/images``: the caller's tenant's recent jobs, newest first."""
+
+    data: list[JobView]
+
+
+class KeyLimitsModel(BaseModel):
+    """Per-key overrides of the deployment's limits; unset fields use the SFUMATO_* defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_rps: float | None = Field(default=None, ge=0, le=1e6, description="Requests per second; 0 = no limit.")
+    rate_limit_burst: int | None = Field(default=None, ge=1, le=1_000_000, description="Requests at once.")
+    images_per_minute: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Images per minute; 0 = no limit."
+    )
+    max_concurrent_jobs: int | None = Field(default=None, ge=0, le=1_000_000, description="Queued + running jobs.")
+
+
+class KeyCreate(BaseModel):
+    """Body of ``POST /v1/admin/keys``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tenant: str = Field(..., min_length=1, max_length=64, description="Whose jobs and images the key reaches.")
+    name: str = Field(..., min_length=1, max_length=100, description="What the key is for (shown in listings).")
+    scopes: list[Literal["images:read", "images:write", "admin"]] = Field(
+        default=["images:read", "images:write"], min_length=1, max_length=3, description="What the key may do."
+    )
+    limits: KeyLimitsModel = KeyLimitsModel()
+
+
+class KeyView(BaseModel):
+    """An API key as the admin API shows it: never the secret or its hash."""
+
+    id: str
+    tenant: str
+    name: str
+    scopes: list[str]
+    created_at: float
+    revoked: bool
+    revoked_at: float | None = None
+    limits: dict[str, float | int] = Field(default_factory=dict)
+
+
+class KeyCreated(KeyView):
+    """``POST /v1/admin/keys``: the key itself appears here once and is never shown again."""
+
+    key: str
+
+
+class KeyListView(BaseModel):
+    data: list[KeyView]

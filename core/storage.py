@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import time
 from pathlib import Path
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlencode
 
 from core.config import Settings
 from core.errors import InvalidSignature, StorageUnavailable
+
+log = logging.getLogger(__name__)
 
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _KEY_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -134,9 +137,9 @@ class S3Store:
             return
         except ClientError as exc:
             if not _is_not_found(exc):
-                raise StorageUnavailable(f"bucket {self.bucket} is not accessible: {exc}") from exc
+                raise StorageUnavailable(f"bucket {self.bucket} is not accessible: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageUnavailable(f"bucket {self.bucket} is not accessible: {exc}") from exc
+            raise StorageUnavailable(f"bucket {self.bucket} is not accessible: {describe_error(exc)}") from exc
         kwargs: dict[str, Any] = {"Bucket": self.bucket}
         if self._region != "us-east-1":  # us-east-1 is the one region that refuses a constraint
             kwargs["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
@@ -144,9 +147,9 @@ class S3Store:
             self._client.create_bucket(**kwargs)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":  # lost a race
-                raise StorageUnavailable(f"bucket {self.bucket} could not be created: {exc}") from exc
+                raise StorageUnavailable(f"bucket {self.bucket} could not be created: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageUnavailable(f"bucket {self.bucket} could not be created: {exc}") from exc
+            raise StorageUnavailable(f"bucket {self.bucket} could not be created: {describe_error(exc)}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -155,7 +158,7 @@ class S3Store:
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         except (BotoCoreError, ClientError) as exc:
-            raise StorageUnavailable(f"upload of {key} failed: {exc}") from exc
+            raise StorageUnavailable(f"upload of {key} failed: {describe_error(exc)}") from exc
 
     def exists(self, key: str) -> bool:
         """True if the object is there; False on 404; :class:`StorageUnavailable` otherwise.
@@ -171,9 +174,9 @@ class S3Store:
         except ClientError as exc:
             if _is_not_found(exc):
                 return False
-            raise StorageUnavailable(f"lookup of {key} failed: {exc}") from exc
+            raise StorageUnavailable(f"lookup of {key} failed: {describe_error(exc)}") from exc
         except BotoCoreError as exc:
-            raise StorageUnavailable(f"lookup of {key} failed: {exc}") from exc
+            raise StorageUnavailable(f"lookup of {key} failed: {describe_error(exc)}") from exc
         return True
 
     def url(self, key: str, expires_s: int) -> str:
@@ -182,6 +185,15 @@ class S3Store:
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
             )
         )
+
+
+def describe_error(exc: Exception) -> str:
+    """What went wrong, for a message a client may see (failed jobs): the S3 error code or the
+    exception type, never the exception text, which names the endpoint's internal address."""
+    log.warning("object store error: %s", exc)  # the full text stays in the operator's logs
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return f"{code or type(exc).__name__}"
 
 
 def _is_not_found(exc: Exception) -> bool:

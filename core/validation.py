@@ -83,6 +83,8 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
             f"so that steps x strength >= 1",
             param="strength",
         )
+    if request.timeout_s is not None:
+        _check_max("timeout_s", request.timeout_s, settings.max_timeout_s)
     seed = secrets.randbelow(MAX_SEED + 1) if request.seed is None else request.seed
     return JobPayload(
         job_id=job_id,
@@ -102,6 +104,7 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         output_format=request.output_format,
         strength=strength,
         exact=request.exact,
+        deadline_at=None if request.timeout_s is None else now + request.timeout_s,
         image_b64=request.image,
         mask_b64=request.mask,
         created_at=now,

@@ -4,6 +4,9 @@ Starts a private Redis (unless ``SFUMATO_REDIS_URL`` is set), one worker with th
 model (the built-in tiny one by default) and the API, waits until a worker is serving, and
 prints how to send a first request. Ctrl-C (or SIGTERM) stops everything it started.
 Images go to local disk unless ``SFUMATO_S3_*`` is set.
+
+Authentication is OFF in this dev stack unless ``SFUMATO_AUTH_ENABLED`` is set (the API says so
+loudly, and so does the banner); with it on, create a key with ``sfumato-admin keys create``.
 """
 
 from __future__ import annotations
@@ -18,29 +21,57 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from core.config import get_settings
+import redis.exceptions as redis_errors
+
+from core.config import Settings, get_settings
+from core.jobs import connect
+from core.models import served_models
+from core.presence import live_workers
 from core.redis_server import RedisServer, start_redis
 
 
-def _wait_for_worker(base_url: str, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
-    """Poll /v1/models until a worker serves, failing fast if a child process exits."""
+def _ready(base_url: str, settings: Settings) -> bool:
+    """The API answers /healthz and every model has a live worker (read from Redis directly,
+    so this works whether or not the API wants a key)."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as resp:
+            json.load(resp)
+        connection = connect(settings)
+        try:
+            return all(live_workers(connection, settings, m) > 0 for m in served_models(settings))
+        finally:
+            connection.close()
+    except (urllib.error.URLError, OSError, ValueError, redis_errors.RedisError):
+        return False
+
+
+def _wait_for_worker(base_url: str, settings: Settings, procs: list[subprocess.Popen[bytes]], timeout_s: float) -> None:
+    """Poll until a worker serves, failing fast if a child process exits."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for proc in procs:
             if proc.poll() is not None:
                 raise SystemExit(f"{proc.args!r} exited with code {proc.returncode} during start-up")
-        try:
-            with urllib.request.urlopen(f"{base_url}/v1/models", timeout=2) as resp:
-                models = json.load(resp)["data"]
-            if models and all(m["workers"] > 0 for m in models):
-                return
-        except (urllib.error.URLError, OSError, KeyError, ValueError):
-            pass
+        if _ready(base_url, settings):
+            return
         time.sleep(0.25)
     raise SystemExit(f"the service did not become ready within {timeout_s:.0f} s")
 
 
-def _banner(base_url: str) -> str:
+DEV_AUTH_WARNING = """
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!! make run: AUTHENTICATION IS OFF (dev mode). Anyone who can reach the API can use it.     !!!
+!!! For anything but a development machine set SFUMATO_AUTH_ENABLED=true and create a key    !!!
+!!! with: sfumato-admin keys create --tenant <tenant> --name <name>                          !!!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
+
+
+def _banner(base_url: str, auth_enabled: bool) -> str:
+    if auth_enabled:
+        auth = "Authentication is ON: add -H 'Authorization: Bearer <key>' (sfumato-admin keys create ...)."
+    else:
+        auth = "!!! DEV MODE: AUTHENTICATION IS OFF. Anyone who can reach this port can use it. !!!"
     return f"""
 Sfumato is running at {base_url}  (docs: {base_url}/docs)
 
@@ -48,7 +79,8 @@ Sfumato is running at {base_url}  (docs: {base_url}/docs)
        -d '{{"prompt": "a red fox in the snow", "seed": 7}}'
 
   then open the "url" of images[0] in a browser, or GET {base_url}/v1/images/<id>.
-Dev mode: no authentication. Press Ctrl-C to stop.
+{auth}
+Press Ctrl-C to stop.
 """
 
 
@@ -68,11 +100,18 @@ def _stop(procs: list[subprocess.Popen[bytes]], redis: RedisServer | None) -> No
 def main() -> None:
     settings = get_settings()
     env = dict(os.environ)
+    if "SFUMATO_AUTH_ENABLED" not in os.environ:
+        # Dev mode: no API keys unless the developer asked for them explicitly.
+        env["SFUMATO_AUTH_ENABLED"] = "false"
+        settings = settings.model_copy(update={"auth_enabled": False})
+        print(DEV_AUTH_WARNING, file=sys.stderr, flush=True)
     env.setdefault("SFUMATO_DATA_DIR", str(settings.data_dir))
+    env.setdefault("SFUMATO_LOG_FORMAT", "text")  # people read these logs; production ships JSON
     redis: RedisServer | None = None
     if "SFUMATO_REDIS_URL" not in os.environ:
         redis = start_redis(Path(settings.data_dir) / "redis", appendonly=True)
         env["SFUMATO_REDIS_URL"] = redis.url
+        settings = settings.model_copy(update={"redis_url": redis.url})
         print(f"started a private Redis at {redis.url} (data in {settings.data_dir / 'redis'})", flush=True)
     base_url = f"http://{settings.api_host}:{settings.api_port}"
     procs = [
@@ -85,8 +124,8 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        _wait_for_worker(base_url, procs, timeout_s=300)
-        print(_banner(base_url), flush=True)
+        _wait_for_worker(base_url, settings, procs, timeout_s=300)
+        print(_banner(base_url, settings.auth_enabled), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a service process exited; stopping the stack", file=sys.stderr)

@@ -82,8 +82,12 @@ def _short(exc: BaseException) -> str:
 def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> StableDiffusionPipeline:
     """Load the components from the tiny builder, a local diffusers folder or a hub id.
 
-    safetensors only: ``use_safetensors=True`` makes diffusers refuse pickled ``.bin`` weights.
+    safetensors only: ``use_safetensors=True`` makes diffusers refuse pickled ``.bin`` weights
+    (unpickling can run arbitrary code). ``SFUMATO_ALLOW_PICKLE_WEIGHTS=true`` lets an operator
+    load a trusted pickle checkpoint; safetensors files are still preferred where present.
     """
+    if settings.allow_pickle_weights:
+        log.warning("SFUMATO_ALLOW_PICKLE_WEIGHTS is set: pickle weights of %r may load (they can run code)", source)
     hub = False
     if source == "tiny":
         location = str(ensure_tiny_model(settings.data_dir))
@@ -97,7 +101,7 @@ def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> Stabl
     try:
         pipe = StableDiffusionPipeline.from_pretrained(
             location,
-            use_safetensors=True,
+            use_safetensors=None if settings.allow_pickle_weights else True,
             dtype=dtype,
             safety_checker=None,
             feature_extractor=None,
@@ -114,6 +118,8 @@ def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> Stabl
             hint = "expected a hub id of a diffusers Stable Diffusion repo with safetensors weights"
         else:
             hint = "expected a diffusers Stable Diffusion folder with safetensors weights"
+        if not settings.allow_pickle_weights:
+            hint += " (pickle .bin/.ckpt weights are refused unless SFUMATO_ALLOW_PICKLE_WEIGHTS=true)"
         raise ModelUnavailable(f"could not load model {source!r}: {hint} ({_short(exc)})") from exc
     if not isinstance(pipe, StableDiffusionPipeline):  # pragma: no cover - from_pretrained of a subclass
         raise ModelUnavailable(f"model {source!r} is not a Stable Diffusion 1.x/2.x pipeline")

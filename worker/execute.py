@@ -15,11 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 
-from core.errors import ErrorDict, GenerationFailed, OutOfMemory, SfumatoError
+from core.errors import ErrorDict, GenerationFailed, OutOfMemory, SfumatoError, StorageUnavailable
 from core.schemas import BatchInfo, JobPayload, JobResult, StoredImage, Timings
 from core.storage import CONTENT_TYPES, ObjectStore, image_key
 from worker.encoding import encode_image
 from worker.engine import Engine, PreparedJob, StepCallback
+from worker.metrics import batch_observer
 
 log = logging.getLogger("sfumato.worker")
 
@@ -96,11 +97,12 @@ def generate_batch(
             prepared.append(engine.prepare(payload))
         except Exception as exc:
             errors[payload.job_id] = error_of(exc)
+    observer = batch_observer(payloads)  # metrics and the batch's log line (worker/metrics.py)
     started = time.monotonic()
     outputs: dict[str, np.ndarray | ErrorDict] = {}
     if prepared:
         try:
-            results = run_splitting_on_oom(engine, prepared, on_step)
+            results = run_splitting_on_oom(engine, prepared, observer.steps(on_step))
         except Exception as exc:
             log.exception("generation failed for %d job(s)", len(prepared))
             results = [error_of(exc)] * len(prepared)
@@ -113,11 +115,35 @@ def generate_batch(
             generated.append(Generated(payload, out, None, inference_s))
         else:
             generated.append(Generated(payload, None, out, inference_s))
+    observer.done(generated, inference_s)
     return generated
 
 
+def put_with_retry(store: ObjectStore, key: str, data: bytes, content_type: str, budget_s: float) -> None:
+    """Upload with exponential backoff (0.2 s doubling to 5 s) for up to ``budget_s``; then
+    :class:`StorageUnavailable`. A job is never reported succeeded without its objects."""
+    deadline = time.monotonic() + budget_s
+    delay = 0.2
+    while True:
+        try:
+            store.put(key, data, content_type)
+            return
+        except Exception as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise StorageUnavailable(f"could not store {key} for {budget_s:.0f} s: {exc}"[:500]) from exc
+            log.warning("upload of %s failed (%s); retrying in %.1f s", key, exc, min(delay, remaining))
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 5.0)
+
+
 def store_outputs(
-    store: ObjectStore, generated: Generated, model_name: str, started_at: float, batch: BatchInfo | None = None
+    store: ObjectStore,
+    generated: Generated,
+    model_name: str,
+    started_at: float,
+    batch: BatchInfo | None = None,
+    retry_budget_s: float = 0.0,
 ) -> JobOutcome:
     """Encode and upload one job's images under retry-stable keys; its outcome with timings."""
     payload = generated.payload
@@ -131,7 +157,7 @@ def store_outputs(
         for index, (image, seed) in enumerate(zip(pil_images, payload.seeds, strict=True)):
             data = encode_image(image, payload, index=index, seed=seed, model_name=model_name)
             key = image_key(payload.tenant, payload.job_id, index, ext)
-            store.put(key, data, CONTENT_TYPES[ext])
+            put_with_retry(store, key, data, CONTENT_TYPES[ext], retry_budget_s)
             stored.append(
                 StoredImage(key=key, index=index, seed=seed, width=payload.width, height=payload.height, format=ext)
             )

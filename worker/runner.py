@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -25,6 +26,7 @@ from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
+from rq.registry import CanceledJobRegistry
 from rq.serializers import JSONSerializer
 from rq.timeouts import JobTimeoutException
 from rq.utils import now as rq_now
@@ -33,13 +35,14 @@ from rq.worker import WorkerStatus
 from core.batch_key import BatchKey
 from core.config import Settings
 from core.errors import ErrorDict, GenerationFailed
-from core.jobs import META_ERROR, payload_of
+from core.jobs import META_ERROR, cancel_key, payload_of
 from core.presence import announce, withdraw
 from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
 from worker.batcher import BatchPolicy, PartnerClaimer, gather_partners
 from worker.engine import Engine
 from worker.execute import Generated, JobOutcome, generate_batch, store_outputs
+from worker.metrics import job_ended
 from worker.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
@@ -82,6 +85,29 @@ class SfumatoWorker(SimpleWorker):
         )
         self.completion_stage = BackgroundStage(settings.upload_stage_depth)
         self._claimers: dict[str, PartnerClaimer] = {}
+        self.draining = False
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        # Short: the liveness thread extends it while the job runs (see worker/liveness.py).
+        return self.settings.execution_ttl_s
+
+    # --- signals -------------------------------------------------------------------------
+    def request_stop(self, signum: int, frame: Any) -> None:
+        """SIGTERM/SIGINT: stop taking jobs, finish and complete the batch in hand, exit 0.
+
+        Unlike plain RQ, a second signal does not turn this into a cold shutdown that kills the
+        batch: Kubernetes may signal more than once, and only SIGKILL should cost work (which
+        the liveness reaper then re-queues).
+        """
+        if self.draining:
+            log.warning("signal %s while draining: still finishing the batch in hand", signum)
+            return
+        self.draining = True
+        log.info("signal %s: draining (no new jobs; finishing the batch in hand)", signum)
+        self._shutdown_requested_date = rq_now()
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+        self._shutdown()
 
     # --- the RQ hook ---------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -90,8 +116,14 @@ class SfumatoWorker(SimpleWorker):
             if leader is None:
                 return
             batch = [leader, *self._claim_partners(leader)]
-            generated = self._generate(batch)
-            self.completion_stage.submit(lambda: self._store_and_complete(batch, generated))
+            watcher = CancelWatcher(self.connection, self.settings, [a.job.id for a in batch])
+            generated = self._generate(batch, watcher)
+            self._complete_newly_canceled(batch, watcher, force_check=True)
+            survivors = [(a, g) for a, g in zip(batch, generated, strict=True) if a.job.id not in watcher.canceled]
+            if survivors:
+                info = BatchInfo(id=secrets.token_hex(8), jobs=len(batch), images=sum(a.payload.n for a in batch))
+                jobs, results = [a for a, _ in survivors], [g for _, g in survivors]
+                self.completion_stage.submit(lambda: self._store_and_complete(jobs, results, info))
         finally:
             self.set_state(WorkerStatus.IDLE)
 
@@ -117,6 +149,11 @@ class SfumatoWorker(SimpleWorker):
         except Exception as exc:
             error = GenerationFailed(f"invalid job payload: {exc}"[:500]).to_dict()
             self._fail(job, queue, execution, error)
+            return None
+        if payload.deadline_at is not None and time.time() > payload.deadline_at:
+            late = time.time() - payload.created_at
+            message = f"the job had not started {late:.1f} s after submission, past its timeout_s; it never ran"
+            self._fail(job, queue, execution, ErrorDict(code="deadline_exceeded", message=message, param="timeout_s"))
             return None
         return ActiveJob(job, queue, execution, payload, started_at=time.time())
 
@@ -145,41 +182,121 @@ class SfumatoWorker(SimpleWorker):
         return partners
 
     # --- running -------------------------------------------------------------------------
-    def _generate(self, batch: list[ActiveJob]) -> list[Generated]:
+    def _generate(self, batch: list[ActiveJob], watcher: CancelWatcher) -> list[Generated]:
         timeout = min(a.job.timeout or self.settings.job_timeout_s for a in batch)
         payloads = [a.payload for a in batch]
         log.info("running batch of %d job(s), %d image(s)", len(batch), sum(p.n for p in payloads))
+
+        def on_step(done: int, total: int) -> None:
+            # Canceled jobs end now; their images are dropped. Only if every job in the batch
+            # is canceled does the denoising itself stop.
+            if self._complete_newly_canceled(batch, watcher) and watcher.all_canceled():
+                raise BatchCanceled()
+
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=batch[0].job.id):
-                return generate_batch(self.engine, payloads)
+                return generate_batch(self.engine, payloads, on_step)
         except JobTimeoutException:
             error = ErrorDict(code="timeout", message=f"the batch ran longer than {timeout} s", param=None)
             return [Generated(p, None, error, float(timeout)) for p in payloads]
 
-    def _store_and_complete(self, batch: list[ActiveJob], generated: list[Generated]) -> None:
-        info = BatchInfo(id=secrets.token_hex(8), jobs=len(batch), images=sum(a.payload.n for a in batch))
+    def _store_and_complete(self, batch: list[ActiveJob], generated: list[Generated], info: BatchInfo) -> None:
         for active, gen in zip(batch, generated, strict=True):
             try:
-                outcome = store_outputs(self.store, gen, self.engine.spec.id, active.started_at, info)
+                outcome = store_outputs(
+                    self.store, gen, self.engine.spec.id, active.started_at, info, self.settings.storage_retry_budget_s
+                )
             except Exception as exc:  # never leave a started job behind
                 outcome = JobOutcome(active.payload, error=GenerationFailed(f"completion failed: {exc}").to_dict())
-            self._complete(active, outcome)
+            try:
+                self._complete(active, outcome)
+            except Exception as exc:
+                # Redis is unreachable, so the job cannot be completed from here. Stop vouching
+                # for it: without our heartbeats its lease runs out and the reaper re-queues it;
+                # the re-run writes the same keys, so the client still sees one result.
+                self.executions.pop(active.execution.id, None)
+                log.error("could not complete job %s (%s); it will be re-queued", active.job.id, exc)
 
     # --- completion ----------------------------------------------------------------------
     def _complete(self, active: ActiveJob, outcome: JobOutcome) -> None:
         if outcome.result is not None:
             self._finalize_success(active.job, active.queue, active.execution, outcome.result.model_dump(mode="json"))
+            job_ended(active.job, self.engine.spec.id, "succeeded")
         else:
             assert outcome.error is not None
             self._fail(active.job, active.queue, active.execution, outcome.error)
 
+    def _complete_newly_canceled(
+        self, batch: list[ActiveJob], watcher: CancelWatcher, force_check: bool = False
+    ) -> bool:
+        """Complete jobs whose cancel request just arrived; True if there were any."""
+        newly = watcher.poll(force=force_check)
+        for active in batch:
+            if active.job.id in newly:
+                self._complete_canceled(active)
+        return bool(newly)
+
+    def _complete_canceled(self, active: ActiveJob) -> None:
+        """End a running job as canceled (the client asked; see JobStore.cancel)."""
+        job = active.job
+        with self.connection.pipeline() as pipe:
+            job.set_status(RQStatus.CANCELED, pipeline=pipe)
+            job.ended_at = rq_now()
+            CanceledJobRegistry(job.origin, self.connection, serializer=self.serializer).add(job, pipeline=pipe)
+            self.cleanup_execution(job, pipeline=pipe, execution=active.execution)
+            pipe.delete(cancel_key(self.settings, job.id))
+            pipe.execute()
+        job_ended(job, self.engine.spec.id, "canceled")
+        log.info("job %s canceled while running", job.id)
+
     def _fail(self, job: Job, queue: Queue, execution: Execution, error: ErrorDict) -> None:
+        """Fail ``job`` for good with our error: a failure we caught is not worth a retry
+        (retries are for workers that died, which never get here)."""
+        job.retries_left = 0
         job.meta[META_ERROR] = dict(error)
         job.save_meta()
         try:
             raise JobFailed(error)
         except JobFailed:
             self._finalize_failure(job, queue, execution, sys.exc_info())
+        job_ended(job, self.engine.spec.id, "failed", error)
+
+
+class BatchCanceled(Exception):
+    """Raised from the step callback when every job of the batch was canceled."""
+
+
+class CancelWatcher:
+    """Sees cancel requests (``core.jobs.cancel_key``) for a batch's jobs, at most every 100 ms."""
+
+    def __init__(self, connection: Any, settings: Settings, job_ids: list[str], interval_s: float = 0.1) -> None:
+        self.connection = connection
+        self.settings = settings
+        self.job_ids = job_ids
+        self.canceled: set[str] = set()
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def poll(self, force: bool = False) -> set[str]:
+        """Job ids whose cancel request arrived since the last poll."""
+        now = time.monotonic()
+        if now < self._next and not force:
+            return set()
+        self._next = now + self.interval_s
+        pending = [job_id for job_id in self.job_ids if job_id not in self.canceled]
+        if not pending:
+            return set()
+        try:
+            flags = self.connection.mget([cancel_key(self.settings, job_id) for job_id in pending])
+        except Exception as exc:  # never fail a batch because a cancel check could not run
+            log.warning("cancel check failed: %s", exc)
+            return set()
+        new = {job_id for job_id, flag in zip(pending, flags, strict=True) if flag is not None}
+        self.canceled |= new
+        return new
+
+    def all_canceled(self) -> bool:
+        return len(self.canceled) == len(self.job_ids)
 
 
 class PresenceHeartbeat:

@@ -6,7 +6,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from api.deps import Services
+from api.deps import Reader, Services
+from api.errors import AUTHENTICATED, documented
 from core.jobs import redis_errors
 from core.models import served_models
 from core.presence import live_workers
@@ -15,8 +16,8 @@ from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-@router.get("")
-def list_models(services: Services) -> dict[str, Any]:
+@router.get("", responses=documented(*AUTHENTICATED))
+def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
     settings = services.settings
     data = []
     with redis_errors():

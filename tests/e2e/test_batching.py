@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from core.net import free_port
+from tests.support.keys import bearer, env_key
 from tests.support.processes import start_api, start_worker, wait_for_workers, wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -36,11 +37,13 @@ def test_queued_jobs_are_batched_by_key_and_images_match_solo_runs(redis_server,
         "SFUMATO_MAX_BATCH": "4",
         "SFUMATO_MAX_WAIT_MS": "50",
         "HF_HUB_OFFLINE": "1",
+        "SFUMATO_RATE_LIMIT_RPS": "0",  # polls 12 jobs at 4 Hz: not what this test is about
     }
     port = free_port()
     api = start_api(env, port, tmp_path / "logs")
     base_url = f"http://127.0.0.1:{port}"
-    client = httpx.Client(base_url=base_url, timeout=30)
+    headers = bearer(env_key(env))
+    client = httpx.Client(base_url=base_url, timeout=30, headers=headers)
     worker = None
     try:
         # Queued before any worker runs: three keys (steps 3, 4, 5) interleaved, n of 1 or 2.
@@ -51,7 +54,7 @@ def test_queued_jobs_are_batched_by_key_and_images_match_solo_runs(redis_server,
             assert resp.status_code == 202
             submitted.append((body, resp.json()["id"]))
         worker = start_worker(env, tmp_path / "logs")
-        wait_for_workers(base_url, 1, 240, worker, api)
+        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
 
         def all_done() -> bool:
             states = [client.get(f"/v1/images/{job_id}").json()["status"] for _, job_id in submitted]

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from core.net import free_port
+from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 
 pytestmark = pytest.mark.timeout(600)
@@ -42,9 +43,10 @@ def _start_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
     worker = start_worker(env, log_dir)
     api = start_api(env, port, log_dir)
     base_url = f"http://127.0.0.1:{port}"
+    headers = bearer(env_key(env, tenant="default"))
     try:
-        wait_for_workers(base_url, 1, 240, worker, api)
-        with httpx.Client(base_url=base_url, timeout=150) as client:
+        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
+        with httpx.Client(base_url=base_url, timeout=150, headers=headers) as client:
             yield Stack(base_url, client, api, worker)
     finally:
         worker.stop()

@@ -21,6 +21,7 @@ from core.config import Settings
 from core.models import queue_name
 from core.net import free_port
 from tests.support.api_server import serve_app
+from tests.support.keys import bearer, create_key
 
 
 @pytest.fixture
@@ -30,7 +31,11 @@ def api_settings(make_settings, clean_redis) -> Settings:
 
 @pytest.fixture
 def api(api_settings: Settings) -> Iterator[httpx.Client]:
-    with serve_app(create_app(api_settings)) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+    headers = bearer(create_key(api_settings))
+    with (
+        serve_app(create_app(api_settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=10, headers=headers) as client,
+    ):
         yield client
 
 
@@ -145,7 +150,12 @@ def test_probes_and_docs(api: httpx.Client) -> None:
 
 def test_redis_down_is_a_503_with_retry_after_not_a_hang(make_settings) -> None:
     settings = make_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.5)
-    with serve_app(create_app(settings)) as base_url, httpx.Client(base_url=base_url, timeout=10) as client:
+    # A well-formed key: checking it needs Redis, so the answer is 503, not 401 (fail closed).
+    headers = bearer("sf_0123456789abcdef_" + "A" * 43)
+    with (
+        serve_app(create_app(settings)) as base_url,
+        httpx.Client(base_url=base_url, timeout=10, headers=headers) as client,
+    ):
         for method, path, body in [
             ("POST", "/v1/images", {"prompt": "x"}),
             ("GET", "/v1/images/" + "0" * 32, None),

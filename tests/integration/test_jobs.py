@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from core.config import Settings
 from core.errors import JobConflict, JobNotFound, QueueUnavailable
-from core.jobs import GENERATE_FUNC, META_ERROR, META_TENANT, JobStore, connect, new_job_id
+from core.jobs import GENERATE_FUNC, META_ERROR, META_TENANT, JobStore, cancel_key, connect, new_job_id
 from core.models import queue_name
 from core.net import free_port
 from core.schemas import JobPayload, JobResult, StoredImage, Timings
@@ -226,21 +226,20 @@ def test_cancel_queued_job(store: JobStore) -> None:
     keep, cancel = make_payload(), make_payload()
     store.enqueue(keep)
     store.enqueue(cancel)
-    record = store.cancel(cancel.job_id, TENANT)
-    assert record.status == "canceled"
+    record, done = store.cancel(cancel.job_id, TENANT)
+    assert record.status == "canceled" and done
     assert queued_ids(store) == [keep.job_id]
     assert store.get(cancel.job_id, TENANT).status == "canceled"
-    assert store.cancel(cancel.job_id, TENANT).status == "canceled"  # idempotent
+    assert store.cancel(cancel.job_id, TENANT)[0].status == "canceled"  # idempotent
 
 
-def test_cancel_running_job_conflicts(store: JobStore) -> None:
+def test_cancel_running_job_asks_its_worker_to_stop_it(store: JobStore, settings: Settings) -> None:
     payload = make_payload()
     store.enqueue(payload)
     take_like_a_worker(store, payload)
-    with pytest.raises(JobConflict) as info:
-        store.cancel(payload.job_id, TENANT)
-    assert info.value.code == "conflict" and "running" in info.value.message
-    assert store.get(payload.job_id, TENANT).status == "running"
+    record, done = store.cancel(payload.job_id, TENANT)
+    assert record.status == "running" and not done
+    assert store.connection.get(cancel_key(settings, payload.job_id)) == b"1"
 
 
 def test_cancel_finished_job_conflicts(store: JobStore) -> None:

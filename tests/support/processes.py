@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from core.net import free_port
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -68,6 +70,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str], log_dir: Path) -> Se
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker") -> ServiceProcess:
+    env = {"SFUMATO_WORKER_METRICS_PORT": str(free_port()), **env}  # workers side by side: a port each
     return _spawn(name, ["-m", "worker"], {**env, "SFUMATO_WORKER_NAME": f"{name}-{time.time_ns()}"}, log_dir)
 
 
@@ -99,12 +102,16 @@ def wait_until(check, timeout_s: float, what: str, *processes: ServiceProcess, i
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}\n{logs}")
 
 
-def wait_for_workers(base_url: str, count: int, timeout_s: float, *processes: ServiceProcess) -> None:
-    """Until ``GET /v1/models`` reports at least ``count`` live workers for every model."""
+def wait_for_workers(
+    base_url: str, count: int, timeout_s: float, *processes: ServiceProcess, headers: dict[str, str] | None = None
+) -> None:
+    """Until ``GET /v1/models`` reports at least ``count`` live workers for every model.
+
+    ``headers``: an ``Authorization`` header when the API requires a key."""
 
     def ready() -> bool:
         try:
-            models = httpx.get(f"{base_url}/v1/models", timeout=2).json()["data"]
+            models = httpx.get(f"{base_url}/v1/models", headers=headers, timeout=2).json()["data"]
         except (httpx.HTTPError, KeyError, ValueError):
             return False
         return all(m["workers"] >= count for m in models)

@@ -127,6 +127,11 @@ class SeaweedServer:
     def is_running(self) -> bool:
         return self._process.poll() is None
 
+    def restart(self) -> SeaweedServer:
+        """Stop (if running) and start again with the same data, ports and identity (outage tests)."""
+        self.stop()
+        return start_seaweed(self.workdir, access_key=self.access_key, secret_key=self.secret_key, ports=self.ports)
+
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM (weed stops its components in order), wait, then SIGKILL. Idempotent."""
         if self._process.poll() is not None:
@@ -190,6 +195,7 @@ def start_seaweed(
     secret_key: str | None = None,
     bucket: str | None = None,
     timeout_s: float = START_TIMEOUT_S,
+    ports: dict[str, int] | None = None,
 ) -> SeaweedServer:
     """Start ``weed mini`` in ``workdir`` and return once its S3 endpoint serves signed requests.
 
@@ -202,7 +208,7 @@ def start_seaweed(
     for sub in ("data", "logs", "tmp", "home"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)
     sock_dir = _socket_dir(workdir)
-    ports = dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
+    ports = ports or dict(zip(_PORT_FLAGS, free_ports(len(_PORT_FLAGS)), strict=True))
     access_key = access_key or "sfumato-" + secrets.token_hex(6)
     secret_key = secret_key or secrets.token_hex(20)
     env = {

@@ -44,6 +44,7 @@ PER_JOB: dict[str, Any] = {
     "output_format": "webp",
     "image_b64": "b3RoZXI=",
     "created_at": 2000.0,
+    "deadline_at": 2100.0,
 }
 
 #: One value per pipeline call.

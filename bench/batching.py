@@ -1,0 +1,252 @@
+"""Does batching pay, and what does the service cost over the raw pipeline? Measured side by side.
+
+For each model (the tiny model at 64 px, the SD 1.5 architecture with random weights at 256 px
+in bf16) this runs, in one process tree and one sitting:
+
+1. the raw diffusers pipeline in-process at batch 1, 2, 4, 8 (the ceiling);
+2. the full service (API -> Redis -> worker -> S3 on SeaweedFS) under 1, 4 and 16 concurrent
+   closed-loop clients, with ``SFUMATO_MAX_BATCH=1`` and ``=8``.
+
+It writes ``bench/results/batching-<model>.json`` and prints a table. Usage::
+
+    python -m bench.batching --model tiny      # ~3 min here
+    python -m bench.batching --model sd15      # ~15 min here (bf16, fewer requests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import secrets
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from core.net import free_port
+from core.redis_server import start_redis
+from tests.support.processes import start_api, start_worker, wait_for_workers
+from tests.support.seaweed import start_seaweed
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass(frozen=True)
+class ModelCase:
+    name: str
+    size: int
+    steps: int
+    dtype: str
+    raw_batches: tuple[int, ...]
+    raw_images: int  # per batch size (rounded up to whole batches)
+    clients: tuple[int, ...]
+    requests_per_client: dict[int, int]
+
+
+CASES = {
+    "tiny": ModelCase("tiny", 64, 20, "float32", (1, 2, 4, 8), 48, (1, 4, 16), {1: 40, 4: 12, 16: 4}),
+    "sd15": ModelCase("sd15", 256, 20, "bfloat16", (1, 2, 4, 8), 8, (1, 4, 16), {1: 2, 4: 1, 16: 1}),
+}
+
+
+def model_folder(case: ModelCase, data_dir: Path) -> Path:
+    if case.name == "tiny":
+        from worker.tiny import ensure_tiny_model
+
+        return ensure_tiny_model(data_dir)
+    from bench.sd15_random import ensure_sd15_random
+
+    return ensure_sd15_random(data_dir)
+
+
+def raw_pipeline(case: ModelCase, folder: Path) -> list[dict[str, Any]]:
+    """images/s of the bare diffusers pipeline at each batch size (one generator per image)."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
+
+    pipe = StableDiffusionPipeline.from_pretrained(
+        folder, dtype=getattr(torch, case.dtype), safety_checker=None, requires_safety_checker=False
+    )
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+
+    def call(batch: int, steps: int, offset: int) -> None:
+        prompts = [f"raw prompt {offset + i}" for i in range(batch)]
+        generators = [torch.Generator().manual_seed(offset + i) for i in range(batch)]
+        with torch.inference_mode():
+            pipe(prompt=prompts, negative_prompt=[""] * batch, generator=generators, num_inference_steps=steps,
+                 height=case.size, width=case.size, guidance_scale=7.5, output_type="np")  # fmt: skip
+
+    call(1, 2, 0)  # warm-up
+    points = []
+    for batch in case.raw_batches:
+        calls = max(1, -(-case.raw_images // batch))
+        started = time.perf_counter()
+        for c in range(calls):
+            call(batch, case.steps, c * batch)
+        elapsed = time.perf_counter() - started
+        points.append({"batch": batch, "images": calls * batch, "seconds": round(elapsed, 3),
+                       "images_per_s": round(calls * batch / elapsed, 4)})  # fmt: skip
+        print(f"raw {case.name} batch={batch}: {points[-1]['images_per_s']:.3f} images/s", flush=True)
+    return points
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def closed_loop(base_url: str, case: ModelCase, clients: int, requests_each: int) -> dict[str, Any]:
+    """``clients`` threads, each submitting and waiting for one request at a time."""
+    latencies: list[float] = []
+    batch_images: list[int] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=base_url, timeout=3600) as http:
+            for r in range(requests_each):
+                body = {
+                    "prompt": f"client {index} request {r}",
+                    "seed": index * 1000 + r,
+                    "steps": case.steps,
+                    "width": case.size,
+                    "height": case.size,
+                    "scheduler": "ddim",
+                    "guidance_scale": 7.5,
+                }
+                started = time.perf_counter()
+                resp = http.post("/v1/images?wait=3000", json=body)
+                elapsed = time.perf_counter() - started
+                job = resp.json()
+                with lock:
+                    if resp.status_code != 200 or job.get("status") != "succeeded":
+                        errors.append(f"{resp.status_code} {job.get('status')} {job.get('error')}")
+                        continue
+                    latencies.append(elapsed)
+                    batch_images.append(job["batch"]["images"])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": round(wall, 3),
+        "images_per_s": round(len(latencies) / wall, 4),
+        "latency_p50_s": round(percentile(latencies, 0.5), 3) if latencies else None,
+        "latency_p95_s": round(percentile(latencies, 0.95), 3) if latencies else None,
+        "mean_batch_images": round(statistics.mean(batch_images), 2) if batch_images else None,
+    }
+
+
+def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int) -> list[dict[str, Any]]:
+    env = {
+        "SFUMATO_REDIS_URL": redis_url,
+        "SFUMATO_DATA_DIR": str(work / "data"),
+        "SFUMATO_MODEL": str(folder),
+        "SFUMATO_MODEL_ID": case.name,
+        "SFUMATO_DTYPE": case.dtype,
+        "SFUMATO_MAX_BATCH": str(max_batch),
+        "SFUMATO_QUEUE_PREFIX": f"bench-{secrets.token_hex(3)}",
+        "SFUMATO_S3_BUCKET": "bench",
+        "SFUMATO_S3_ENDPOINT_URL": s3.endpoint_url,
+        "SFUMATO_S3_ACCESS_KEY_ID": s3.access_key,
+        "SFUMATO_S3_SECRET_ACCESS_KEY": s3.secret_key,
+        "SFUMATO_S3_CREATE_BUCKET": "true",
+        "SFUMATO_AUTH_ENABLED": "false",
+        "SFUMATO_RATE_LIMIT_RPS": "0",
+        "SFUMATO_IMAGES_PER_MINUTE": "0",
+        "SFUMATO_MAX_CONCURRENT_JOBS": "0",
+        "SFUMATO_LOG_LEVEL": "WARNING",
+        "HF_HUB_OFFLINE": "1",
+    }
+    port = free_port()
+    logs = work / f"logs-{case.name}-b{max_batch}"
+    worker = start_worker(env, logs)
+    api = start_api(env, port, logs)
+    base_url = f"http://127.0.0.1:{port}"
+    points = []
+    try:
+        wait_for_workers(base_url, 1, 900, worker, api)
+        closed_loop(base_url, case, 1, 1)  # warm the path end to end
+        for clients in case.clients:
+            point = closed_loop(base_url, case, clients, case.requests_per_client[clients])
+            point["max_batch"] = max_batch
+            points.append(point)
+            print(f"service {case.name} max_batch={max_batch} clients={clients}: "
+                  f"{point['images_per_s']:.3f} images/s, p50 {point['latency_p50_s']} s, "
+                  f"mean batch {point['mean_batch_images']}", flush=True)  # fmt: skip
+    finally:
+        worker.stop()
+        api.stop()
+    return points
+
+
+def summarise(raw: list[dict[str, Any]], svc: list[dict[str, Any]]) -> dict[str, Any]:
+    raw_by_batch = {p["batch"]: p["images_per_s"] for p in raw}
+    by = {(p["max_batch"], p["clients"]): p for p in svc}
+    top = max(c for _, c in by)
+    one_client = by[(1, 1)]["images_per_s"]
+    batched = by[(8, top)]
+    mean_batch = batched["mean_batch_images"] or 1
+    nearest_raw = raw_by_batch[min(raw_by_batch, key=lambda b: abs(b - mean_batch))]
+    return {
+        "service_vs_raw_batch1": round(one_client / raw_by_batch[1], 3),
+        f"service_{top}_clients_vs_raw_at_nearest_batch": round(batched["images_per_s"] / nearest_raw, 3),
+        f"batching_gain_{top}_clients": round(batched["images_per_s"] / by[(1, top)]["images_per_s"], 3),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=sorted(CASES), default="tiny")
+    parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sfumato-bench")
+    args = parser.parse_args()
+    case = CASES[args.model]
+    torch.set_num_threads(torch.get_num_threads())
+    folder = model_folder(case, args.data_dir)
+    with tempfile.TemporaryDirectory(prefix="sfumato-bench-") as tmp:
+        work = Path(tmp)
+        raw = raw_pipeline(case, folder)
+        gc.collect()
+        redis = start_redis(work / "redis")
+        s3 = start_seaweed(work / "s3", bucket="bench")
+        try:
+            svc = service(case, folder, work, redis.url, s3, 1) + service(case, folder, work, redis.url, s3, 8)
+        finally:
+            s3.stop()
+            redis.stop()
+    result = {
+        "model": case.name,
+        "size": case.size,
+        "steps": case.steps,
+        "dtype": case.dtype,
+        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "raw_pipeline": raw,
+        "service": svc,
+        "summary": summarise(raw, svc),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"batching-{case.name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result["summary"], indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Print the README's result tables from the committed JSON in bench/results/.
+
+python -m bench.report
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def batching_table(data: dict[str, Any]) -> str:
+    raw = {p["batch"]: p["images_per_s"] for p in data["raw_pipeline"]}
+    lines = [
+        f"{data['model']} ({data['size']} px, {data['steps']} steps, {data['dtype']}), measured {data['measured_at']}:",
+        "",
+        "| setup | clients | images/s | p50 s | p95 s | mean batch |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [f"| raw pipeline, batch {b} | - | {v:.2f} | | | {b} |" for b, v in sorted(raw.items())]
+    for p in data["service"]:
+        lines.append(
+            f"| service, max_batch={p['max_batch']} | {p['clients']} | {p['images_per_s']:.2f} | "
+            f"{p['latency_p50_s']} | {p['latency_p95_s']} | {p['mean_batch_images']} |"
+        )
+    lines += ["", "Summary: " + ", ".join(f"{k} = {v}" for k, v in data["summary"].items())]
+    return "\n".join(lines)
+
+
+def chaos_table(data: dict[str, Any]) -> str:
+    lines = [
+        "| scenario | acknowledged | succeeded | lost | stuck | duplicates | succeeded w/o objects | "
+        "not succeeded (codes) | worst recovery s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, r in data["scenarios"].items():
+        codes = ", ".join(f"{k} {v}" for k, v in r["not_succeeded_by_code"].items()) or "-"
+        lines.append(
+            f"| {name} | {r['acknowledged']} | {r['succeeded']} | {r['lost']} | {r['stuck']} | {r['duplicates']} | "
+            f"{r['succeeded_without_objects']} | {codes} | {r.get('worst_recovery_s', '-')} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    for name in ("batching-tiny.json", "batching-sd15.json"):
+        data = _load(name)
+        if data:
+            print(batching_table(data), end="\n\n")
+    chaos = _load("chaos.json")
+    if chaos:
+        print(chaos_table(chaos))
+
+
+if __name__ == "__main__":
+    main()
