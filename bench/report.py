@@ -25,10 +25,10 @@ def batching_table(data: dict[str, Any]) -> str:
         "| setup | clients | images/s | p50 s | p95 s | mean batch |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    lines += [f"| raw pipeline, batch {b} | - | {v:.2f} | | | {b} |" for b, v in sorted(raw.items())]
+    lines += [f"| raw pipeline, batch {b} | - | {v:.3g} | | | {b} |" for b, v in sorted(raw.items())]
     for p in data["service"]:
         lines.append(
-            f"| service, max_batch={p['max_batch']} | {p['clients']} | {p['images_per_s']:.2f} | "
+            f"| service, max_batch={p['max_batch']} | {p['clients']} | {p['images_per_s']:.3g} | "
             f"{p['latency_p50_s']} | {p['latency_p95_s']} | {p['mean_batch_images']} |"
         )
     lines += ["", "Summary: " + ", ".join(f"{k} = {v}" for k, v in data["summary"].items())]
