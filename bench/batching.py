@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import platform
-import secrets
 import statistics
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import torch
 
 from core.net import free_port
 from core.redis_server import start_redis
+from tests.support.env import NO_LIMITS, s3_env, service_env
 from tests.support.processes import start_api, start_worker, wait_for_workers
 from tests.support.seaweed import start_seaweed
 
@@ -155,26 +155,19 @@ def closed_loop(base_url: str, case: ModelCase, clients: int, requests_each: int
 
 
 def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int) -> list[dict[str, Any]]:
-    env = {
-        "SFUMATO_REDIS_URL": redis_url,
-        "SFUMATO_DATA_DIR": str(work / "data"),
-        "SFUMATO_MODEL": str(folder),
-        "SFUMATO_MODEL_ID": case.name,
-        "SFUMATO_DTYPE": case.dtype,
-        "SFUMATO_MAX_BATCH": str(max_batch),
-        "SFUMATO_QUEUE_PREFIX": f"bench-{secrets.token_hex(3)}",
-        "SFUMATO_S3_BUCKET": "bench",
-        "SFUMATO_S3_ENDPOINT_URL": s3.endpoint_url,
-        "SFUMATO_S3_ACCESS_KEY_ID": s3.access_key,
-        "SFUMATO_S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "SFUMATO_S3_CREATE_BUCKET": "true",
-        "SFUMATO_AUTH_ENABLED": "false",
-        "SFUMATO_RATE_LIMIT_RPS": "0",
-        "SFUMATO_IMAGES_PER_MINUTE": "0",
-        "SFUMATO_MAX_CONCURRENT_JOBS": "0",
-        "SFUMATO_LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
-    }
+    env = service_env(
+        redis_url,
+        work,
+        "bench",
+        **s3_env(s3, "bench"),
+        **NO_LIMITS,
+        SFUMATO_MODEL=str(folder),
+        SFUMATO_MODEL_ID=case.name,
+        SFUMATO_DTYPE=case.dtype,
+        SFUMATO_MAX_BATCH=str(max_batch),
+        SFUMATO_AUTH_ENABLED="false",
+        SFUMATO_LOG_LEVEL="WARNING",
+    )
     port = free_port()
     logs = work / f"logs-{case.name}-b{max_batch}"
     worker = start_worker(env, logs)

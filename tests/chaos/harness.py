@@ -34,6 +34,7 @@ import httpx
 
 from core.net import free_port
 from core.redis_server import RedisServer, start_redis
+from tests.support.env import FAST_LIVENESS, NO_LIMITS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 from tests.support.seaweed import SeaweedServer, start_seaweed
 
@@ -72,27 +73,19 @@ class Cluster:
 def cluster(workdir: Path, workers: int = 2, aof: bool = True, **env: str) -> Iterator[Cluster]:
     redis = start_redis(workdir / "redis", appendonly=aof)
     s3 = start_seaweed(workdir / "s3", bucket=BUCKET)
-    base_env = {
-        "SFUMATO_REDIS_URL": redis.url,
-        "SFUMATO_DATA_DIR": str(workdir / "data"),
-        "SFUMATO_S3_BUCKET": BUCKET,
-        "SFUMATO_S3_ENDPOINT_URL": s3.endpoint_url,
-        "SFUMATO_S3_ACCESS_KEY_ID": s3.access_key,
-        "SFUMATO_S3_SECRET_ACCESS_KEY": s3.secret_key,
-        "SFUMATO_AUTH_ENABLED": "false",
-        "SFUMATO_RATE_LIMIT_RPS": "0",
-        "SFUMATO_IMAGES_PER_MINUTE": "0",
-        "SFUMATO_MAX_CONCURRENT_JOBS": "0",
-        "SFUMATO_HEARTBEAT_INTERVAL_S": "1",
-        "SFUMATO_EXECUTION_TTL_S": "4",
-        "SFUMATO_REAPER_INTERVAL_S": "1",
-        "SFUMATO_WORKER_TTL_S": "16",
-        "SFUMATO_TORCH_THREADS": "1",
-        "SFUMATO_MAX_BATCH": "4",
-        "SFUMATO_LOG_LEVEL": "WARNING",
-        "HF_HUB_OFFLINE": "1",
+    base_env = service_env(
+        redis.url,
+        workdir,
+        "chaos",
+        **s3_env(s3, BUCKET, create=False),
+        **NO_LIMITS,
+        **FAST_LIVENESS,
+        SFUMATO_AUTH_ENABLED="false",
+        SFUMATO_TORCH_THREADS="1",
+        SFUMATO_MAX_BATCH="4",
+        SFUMATO_LOG_LEVEL="WARNING",
         **env,
-    }
+    )
     c = Cluster(workdir, redis, s3, base_env)
     try:
         port = free_port()

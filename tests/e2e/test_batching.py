@@ -6,7 +6,6 @@ alone with ``exact``.
 from __future__ import annotations
 
 import io
-import secrets
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from PIL import Image
 
 from core.net import free_port
+from tests.support.env import service_env
 from tests.support.keys import bearer, env_key
 from tests.support.processes import start_api, start_worker, wait_for_workers, wait_until
 
@@ -29,16 +29,14 @@ def _pixels(url: str) -> np.ndarray:
 
 
 def test_queued_jobs_are_batched_by_key_and_images_match_solo_runs(redis_server, tmp_path: Path) -> None:
-    env = {
-        "SFUMATO_REDIS_URL": redis_server.url,
-        "SFUMATO_DATA_DIR": str(tmp_path / "data"),
-        "SFUMATO_QUEUE_PREFIX": f"e2e-batch-{secrets.token_hex(4)}",
-        "SFUMATO_URL_SIGNING_KEY": "k",
-        "SFUMATO_MAX_BATCH": "4",
-        "SFUMATO_MAX_WAIT_MS": "50",
-        "HF_HUB_OFFLINE": "1",
-        "SFUMATO_RATE_LIMIT_RPS": "0",  # polls 12 jobs at 4 Hz: not what this test is about
-    }
+    env = service_env(
+        redis_server.url,
+        tmp_path,
+        "e2e-batch",
+        SFUMATO_MAX_BATCH="4",
+        SFUMATO_MAX_WAIT_MS="50",
+        SFUMATO_RATE_LIMIT_RPS="0",  # polls 12 jobs at 4 Hz: not what this test is about
+    )
     port = free_port()
     api = start_api(env, port, tmp_path / "logs")
     base_url = f"http://127.0.0.1:{port}"

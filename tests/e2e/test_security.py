@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from core.net import free_port
+from tests.support.env import s3_env, service_env
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
 
@@ -59,27 +60,13 @@ def _stack(env: dict[str, str], log_dir: Path) -> Iterator[TwoTenants]:
 
 
 def _env(redis_server, tmp: Path) -> dict[str, str]:
-    return {
-        "SFUMATO_REDIS_URL": redis_server.url,
-        "SFUMATO_DATA_DIR": str(tmp / "data"),
-        "SFUMATO_QUEUE_PREFIX": f"sec-{secrets.token_hex(4)}",
-        "SFUMATO_TORCH_THREADS": "1",
-        "SFUMATO_URL_SIGNING_KEY": "sec-signing-key",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return service_env(redis_server.url, tmp, "sec", SFUMATO_TORCH_THREADS="1")
 
 
 @pytest.fixture(scope="module")
 def s3_tenants(redis_server, seaweed, tmp_path_factory) -> Iterator[TwoTenants]:
     tmp = tmp_path_factory.mktemp("sec-s3")
-    env = {
-        **_env(redis_server, tmp),
-        "SFUMATO_S3_BUCKET": f"sec-{secrets.token_hex(4)}",
-        "SFUMATO_S3_ENDPOINT_URL": seaweed.endpoint_url,
-        "SFUMATO_S3_ACCESS_KEY_ID": seaweed.access_key,
-        "SFUMATO_S3_SECRET_ACCESS_KEY": seaweed.secret_key,
-        "SFUMATO_S3_CREATE_BUCKET": "true",
-    }
+    env = {**_env(redis_server, tmp), **s3_env(seaweed, f"sec-{secrets.token_hex(4)}")}
     yield from _stack(env, tmp / "logs")
 
 

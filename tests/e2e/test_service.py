@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from core.net import free_port
+from tests.support.env import s3_env, service_env
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 
@@ -54,27 +55,13 @@ def _start_stack(env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
 
 
 def _base_env(redis_server, tmp: Path) -> dict[str, str]:
-    return {
-        "SFUMATO_REDIS_URL": redis_server.url,
-        "SFUMATO_DATA_DIR": str(tmp / "data"),
-        "SFUMATO_QUEUE_PREFIX": f"e2e-{secrets.token_hex(4)}",
-        "SFUMATO_TORCH_THREADS": "2",
-        "SFUMATO_URL_SIGNING_KEY": "e2e-signing-key",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return service_env(redis_server.url, tmp, "e2e", SFUMATO_TORCH_THREADS="2")
 
 
 @pytest.fixture(scope="module")
 def s3_stack(redis_server, seaweed, tmp_path_factory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e-s3")
-    env = {
-        **_base_env(redis_server, tmp),
-        "SFUMATO_S3_BUCKET": f"e2e-{secrets.token_hex(4)}",
-        "SFUMATO_S3_ENDPOINT_URL": seaweed.endpoint_url,
-        "SFUMATO_S3_ACCESS_KEY_ID": seaweed.access_key,
-        "SFUMATO_S3_SECRET_ACCESS_KEY": seaweed.secret_key,
-        "SFUMATO_S3_CREATE_BUCKET": "true",
-    }
+    env = {**_base_env(redis_server, tmp), **s3_env(seaweed, f"e2e-{secrets.token_hex(4)}")}
     yield from _start_stack(env, tmp / "logs")
 
 

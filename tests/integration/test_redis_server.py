@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import redis
 
 from core.redis_server import RedisServer, RedisServerError, find_redis_server, start_redis
+from tests.support.processes import wait_until
 
 
 def pid_alive(pid: int) -> bool:
@@ -23,10 +23,7 @@ def pid_alive(pid: int) -> bool:
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        time.sleep(0.02)
+    wait_until(condition, timeout_s, "the condition", interval_s=0.02)
 
 
 def test_find_redis_server_prefers_path_then_bundled(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ production defaults only change how long it takes, not what happens.
 
 from __future__ import annotations
 
-import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import pytest
 
 from core.net import free_port
 from core.redis_server import start_redis
+from tests.support.env import FAST_LIVENESS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 from tests.support.seaweed import start_seaweed
 
@@ -56,20 +56,9 @@ class Stack:
 
 
 def _env(redis_url: str, tmp: Path, **extra: str) -> dict[str, str]:
-    return {
-        "SFUMATO_REDIS_URL": redis_url,
-        "SFUMATO_DATA_DIR": str(tmp / "data"),
-        "SFUMATO_QUEUE_PREFIX": f"rel-{secrets.token_hex(4)}",
-        "SFUMATO_URL_SIGNING_KEY": "k",
-        "SFUMATO_AUTH_ENABLED": "false",
-        "SFUMATO_HEARTBEAT_INTERVAL_S": "1",
-        "SFUMATO_EXECUTION_TTL_S": "4",
-        "SFUMATO_REAPER_INTERVAL_S": "1",
-        "SFUMATO_WORKER_TTL_S": "16",
-        "SFUMATO_TORCH_THREADS": "1",
-        "HF_HUB_OFFLINE": "1",
-        **extra,
-    }
+    return service_env(
+        redis_url, tmp, "rel", SFUMATO_AUTH_ENABLED="false", SFUMATO_TORCH_THREADS="1", **FAST_LIVENESS, **extra
+    )
 
 
 @pytest.fixture
@@ -197,10 +186,7 @@ def test_storage_outage_fails_jobs_as_storage_unavailable_and_never_succeeds_wit
     try:
         stack = stack_factory(
             workers=1,
-            SFUMATO_S3_BUCKET="rel",
-            SFUMATO_S3_ENDPOINT_URL=s3.endpoint_url,
-            SFUMATO_S3_ACCESS_KEY_ID=s3.access_key,
-            SFUMATO_S3_SECRET_ACCESS_KEY=s3.secret_key,
+            **s3_env(s3, "rel", create=False),
             SFUMATO_STORAGE_RETRY_BUDGET_S="3",
         )
         ok = stack.client.post("/v1/images?wait=60", json={"prompt": "ok", "steps": 2}).json()

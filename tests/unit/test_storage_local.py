@@ -83,9 +83,11 @@ def test_image_key_refuses_bad_parts(tenant: str) -> None:
 def test_signed_url_round_trip(store: LocalStore) -> None:
     key = image_key("acme", "job1", 0, "png")
     store.put(key, b"png-bytes", "image/png")
+    issued_from = int(time.time())
     url_key, expires, signature = signed_parts(store.url(key, 60))
+    issued_by = int(time.time())
     assert url_key == key
-    assert time.time() < expires <= time.time() + 61
+    assert issued_from + 60 <= expires <= issued_by + 60  # expiry = issue time + the 60 s asked for
     assert store.open_signed(url_key, expires, signature).read_bytes() == b"png-bytes"
 
 
