@@ -4,16 +4,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfumato-installed
 
-.PHONY: install run test pytest lint bench clean prometheus-tools
+.PHONY: install run test pytest lint bench clean prometheus-tools lock
 
 # torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
 # multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
-$(STAMP): pyproject.toml
+# Every other version comes from requirements/lock.txt (pip constraints), so installs are
+# reproducible: CI, the Docker images and a laptop get what the tests ran against.
+LOCK := requirements/lock.txt
+$(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=..."; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PY) -m pip install --quiet -e '.[api,worker,test,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[api,worker,test,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -32,6 +35,11 @@ pytest: install prometheus-tools
 ## and root; otherwise those tests are skipped with the reason.
 prometheus-tools:
 	@bash deploy/prometheus/ensure-prometheus.sh
+
+## Re-resolve the dependencies from pyproject.toml (newest allowed) and rewrite the lock.
+lock: install
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[api,worker,test,dev]'
+	$(PY) requirements/write_lock.py
 
 lint: install
 	$(VENV)/bin/ruff check core api worker sfumato tests bench

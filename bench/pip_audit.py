@@ -1,12 +1,17 @@
-"""Audit the installed dependencies with pip-audit and record exactly what happened.
+"""Audit the locked dependencies and record exactly what happened.
 
     python -m bench.pip_audit        # writes bench/results/pip-audit.json
 
-The audited set is this virtualenv (``make install``: ``.[api,worker,test,dev]`` with torch
-pinned), i.e. the exact versions the tests ran against; the project itself (editable) is
-skipped. Both vulnerability services are tried: PyPI's JSON API (pip-audit's default) and
-OSV. Where a service cannot be reached, or answers nothing for a package, the result says so
-per package instead of reporting a clean audit that did not happen.
+The audited set is ``requirements/lock.txt``: the exact versions ``make install``, CI and the
+Docker images install. Two sources, both recorded:
+
+1. pip-audit against the lock, with both of its services (PyPI's per-version JSON and OSV).
+   Where a service cannot be reached, or answers nothing for a package, the result says so
+   instead of reporting a clean audit that did not happen.
+2. PyPI's project JSON (``/pypi/<name>/json``), whose ``vulnerabilities`` list is PyPI's
+   advisory data for the NEWEST release. A locked package at its newest release is checked
+   by it in full; any other package is a finding, explained by why the lock holds an older
+   release (a project pin, Python 3.11, or another package's upper bound).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pip-audit.json"
+LOCK = Path(__file__).resolve().parent.parent / "requirements" / "lock.txt"
+PYTHON = "3.11"
 
 
 def _pip_audit(service: str) -> dict[str, Any]:
@@ -30,7 +38,8 @@ def _pip_audit(service: str) -> dict[str, Any]:
         out = Path(tmp) / "audit.json"
         proc = subprocess.run(
             [sys.executable, "-m", "pip_audit", "--vulnerability-service", service, "--format", "json",
-             "--progress-spinner", "off", "--skip-editable", "--output", str(out)],
+             "--progress-spinner", "off", "--requirement", str(LOCK), "--no-deps", "--disable-pip",
+             "--output", str(out)],
             capture_output=True, text=True, timeout=900,
         )  # fmt: skip
         report = json.loads(out.read_text()) if out.exists() and out.stat().st_size else None
@@ -74,38 +83,70 @@ def _probe(url: str) -> str:
         return f"unreachable: {getattr(exc, 'reason', exc)}"
 
 
-#: The packages that parse untrusted input in the API process. Spot-checked one by one through
-#: the project JSON (``/pypi/<name>/json``), whose ``vulnerabilities`` cover the LATEST release
-#: only: a package counts as checked when the installed version is that release.
-SPOT_CHECK = ("fastapi", "starlette", "uvicorn", "h11", "httptools", "pillow", "pydantic", "python-multipart")
+def _lock_pins() -> dict[str, str]:
+    """name -> version of every pin in requirements/lock.txt (the audited set)."""
+    pins = {}
+    for line in LOCK.read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    return pins
 
 
-def _spot_check(installed: dict[str, str]) -> list[dict[str, Any]]:
-    rows = []
-    for name in SPOT_CHECK:
-        row: dict[str, Any] = {"package": name, "installed": installed.get(name)}
+def _why_not_latest(name: str, latest: str, latest_requires_python: str | None) -> str:
+    """Why the lock holds an older release than PyPI's newest: a project pin, Python 3.11, or
+    another locked package's upper bound (read from the installed metadata)."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.specifiers import SpecifierSet
+    from packaging.utils import canonicalize_name
+
+    if latest_requires_python and not SpecifierSet(latest_requires_python).contains(PYTHON):
+        return f"{latest} requires Python {latest_requires_python}; the lock is for Python {PYTHON}"
+    wanted = canonicalize_name(name)
+    for dist in metadata.distributions():
+        for raw in dist.requires or []:
+            req = Requirement(raw)
+            if canonicalize_name(req.name) == wanted and req.specifier and not req.specifier.contains(latest):
+                who = dist.metadata["Name"]
+                role = "pinned by this project" if who.lower() == "sfumato" else f"capped by {who}"
+                return f"{role}: {req.name}{req.specifier}"
+    return "an older release is locked: run `make lock` to move to the newest"
+
+
+def _advisory_check(pins: dict[str, str]) -> list[dict[str, Any]]:
+    """Each locked package against the project JSON's ``vulnerabilities`` (PyPI's advisory data,
+    which covers the NEWEST release only). A package at its newest release is fully checked; an
+    older one is a finding with the reason it is older."""
+
+    def check(item: tuple[str, str]) -> dict[str, Any]:
+        name, version = item
+        row: dict[str, Any] = {"package": name, "locked": version}
         try:
-            with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=20) as resp:
+            with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/json", timeout=30) as resp:
                 data = json.load(resp)
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            rows.append({**row, "result": f"unreachable: {exc}"})
-            continue
+            return {**row, "status": "unreachable", "detail": str(exc)[:200]}
         latest = data["info"]["version"]
         vulns = [v["id"] for v in data.get("vulnerabilities", []) if not v.get("withdrawn")]
-        if installed.get(name) == latest:
-            row["result"] = f"latest release; known vulnerabilities: {vulns or 'none'}"
-        else:
-            row["result"] = f"not the latest ({latest}); not checkable through this endpoint"
-        rows.append(row)
-    return rows
+        if version.split("+")[0] == latest:
+            return {**row, "status": "vulnerable" if vulns else "clean", "vulnerabilities": vulns}
+        why = _why_not_latest(name, latest, data["info"].get("requires_python"))
+        return {**row, "status": "older than newest", "newest": latest, "why": why,
+                "newest_release_vulnerabilities": vulns}  # fmt: skip
+
+    with ThreadPoolExecutor(16) as pool:
+        return list(pool.map(check, sorted(pins.items())))
 
 
 def main() -> None:
-    frozen = subprocess.run(
-        [sys.executable, "-m", "pip", "freeze", "--exclude-editable"], capture_output=True, text=True, check=True
-    ).stdout.split()
+    pins = _lock_pins()
+    advisories = _advisory_check(pins)
+    counts = Counter(row["status"] for row in advisories)
     report = {
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "audited": "requirements/lock.txt",
         "pip_audit": subprocess.run(
             [sys.executable, "-m", "pip_audit", "--version"], capture_output=True, text=True
         ).stdout.strip(),
@@ -118,14 +159,13 @@ def main() -> None:
             )
         },
         "runs": [_pip_audit("pypi"), _pip_audit("osv")],
-        "spot_check": _spot_check(
-            {line.split("==")[0].lower(): line.split("==")[1] for line in frozen if "==" in line}
-        ),
-        "audited_set": frozen,
+        "advisory_summary": dict(counts),
+        "findings": [row for row in advisories if row["status"] != "clean"],
+        "advisories": advisories,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "audited_set"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("advisories",)}, indent=2))
 
 
 if __name__ == "__main__":
