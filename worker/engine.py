@@ -328,9 +328,8 @@ class Engine:
     def _call_arguments(self, jobs: Sequence[PreparedJob], key: BatchKey, pipe: SDPipeline) -> dict[str, Any]:
         """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
 
-        Prompts go in as cached embeddings, each encoded alone, so a prompt's embedding does not
-        depend on its batch partners. Negative prompts are encoded without clip skip, as
-        diffusers does for them.
+        Prompts go in as cached embeddings (misses encoded together; see worker/prompt_cache.py).
+        Negative prompts are encoded without clip skip, as diffusers does for them.
         """
         prompts: list[str] = []
         negatives: list[str] = []
@@ -347,8 +346,8 @@ class Engine:
                 if job.mask is not None:
                     masks.append(job.mask)
         call: dict[str, Any] = {
-            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip),
-            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0),
+            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, exact=key.exact),
+            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, exact=key.exact),
             "generator": generators,
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance_scale,

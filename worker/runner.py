@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from rq import Queue, SimpleWorker
-from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -144,6 +143,36 @@ class SfumatoWorker(SimpleWorker):
             return None
         self.prepare_job_execution(job, remove_from_intermediate_queue=True)
         job.started_at = rq_now()
+        return self._admit(job, queue, execution)
+
+    def _start_many(self, jobs: list[Job], queue: Queue) -> list[ActiveJob]:
+        """Register claimed partner jobs as running in ONE Redis round trip.
+
+        What RQ's ``prepare_execution`` + ``prepare_job_execution`` do per job, sharing one
+        pipeline: at 8 partners that was 24 round trips and ~8% of a busy worker's main thread.
+        A claimed job cannot have been canceled while queued (cancel LREMs it from the queue
+        first, and the claim moved it off the queue atomically); a later cancel arrives
+        through the cancel key, which the CancelWatcher reads.
+        """
+        executions = []
+        with self.connection.pipeline() as pipe:
+            for job in jobs:
+                ttl = self.get_heartbeat_ttl(job)
+                execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+                self.executions[execution.id] = execution
+                executions.append(execution)
+                job.heartbeat(rq_now(), ttl, pipeline=pipe)
+                job.prepare_for_execution(self.name, pipeline=pipe)
+                pipe.persist(job.key)
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(self.get_heartbeat_ttl(jobs[0]), pipeline=pipe)
+            pipe.execute()
+        started = [self._admit(job, queue, execution) for job, execution in zip(jobs, executions, strict=True)]
+        return [active for active in started if active is not None]
+
+    def _admit(self, job: Job, queue: Queue, execution: Execution) -> ActiveJob | None:
+        """A started job's payload and deadline checks: failed here, it never reaches the model."""
         try:
             payload = payload_of(job)
         except Exception as exc:
@@ -169,17 +198,14 @@ class SfumatoWorker(SimpleWorker):
         ids = gather_partners(
             leader.payload.n, leader.payload.exact, lambda capacity: claimer.claim(digest, capacity), self.policy
         )
-        partners = []
-        for job_id in ids:
-            try:
-                job = Job.fetch(job_id, connection=self.connection, serializer=self.serializer)
-            except NoSuchJobError:  # expired while queued
-                self.connection.lrem(f"{leader.queue.key}:intermediate", 1, job_id)
-                continue
-            active = self._start(job, leader.queue)
-            if active is not None:
-                partners.append(active)
-        return partners
+        if not ids:
+            return []
+        fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
+        gone = [job_id for job_id, job in zip(ids, fetched, strict=True) if job is None]
+        for job_id in gone:  # expired while queued
+            self.connection.lrem(leader.queue.intermediate_queue_key, 1, job_id)
+        jobs = [job for job in fetched if job is not None]
+        return self._start_many(jobs, leader.queue) if jobs else []
 
     # --- running -------------------------------------------------------------------------
     def _generate(self, batch: list[ActiveJob], watcher: CancelWatcher) -> list[Generated]:
