@@ -42,7 +42,7 @@ lock: install
 	$(PY) requirements/write_lock.py
 
 lint: install
-	$(VENV)/bin/ruff check core api worker sfumato tests bench
+	$(VENV)/bin/ruff check core api worker sfumato tests bench deploy
 	$(VENV)/bin/mypy
 
 clean:
