@@ -10,9 +10,10 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.hardening import install_middleware
 from api.metrics import install_observability
-from api.routes import admin_keys, files, health, images, models
+from api.routes import admin_keys, events, files, health, images, models, openai_images, webhooks
 from api.services import ApiServices
 from api.startup import announce_auth_mode, seed_keys_from_file
+from api.webhook_sender import webhook_sender
 from core.config import Settings, get_settings
 
 
@@ -27,10 +28,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         announce_auth_mode(settings)
         seed_keys_from_file(services)
         try:
-            yield
+            async with webhook_sender(services):  # api/webhook_sender.py: deliveries of ended jobs
+                yield
         finally:
             services.close()
             await services.waiter.aclose()
+            await services.events.aclose()
 
     docs = settings.docs_enabled
     app = FastAPI(
@@ -45,6 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     install_middleware(app, settings)
     install_observability(app, settings)  # outermost: metrics, request ids, access log, /metrics
-    for module in (images, models, admin_keys, files, health):
+    for module in (openai_images, images, events, webhooks, models, admin_keys, files, health):
         app.include_router(module.router)
     return app

@@ -28,6 +28,8 @@ from core.errors import (
     SfumatoError,
     StorageUnavailable,
     Unauthorized,
+    UnsafeUrl,
+    WaitTimeout,
 )
 from core.schemas import ErrorResponse
 
@@ -36,6 +38,8 @@ log = logging.getLogger("sfumato.api")
 #: Most specific class first; the first match wins.
 HTTP_STATUS: tuple[tuple[type[SfumatoError], int], ...] = (
     (InvalidRequest, 422),
+    (UnsafeUrl, 422),  # a webhook_url the server refuses to call
+    (WaitTimeout, 504),
     (Unauthorized, 401),
     (Forbidden, 403),
     (PayloadTooLarge, 413),
@@ -67,6 +71,7 @@ _DOCUMENTED: dict[int, dict[str, Any]] = {
         "headers": _RETRY_AFTER,
     },
     503: {"description": "Queue or storage unavailable; retry after Retry-After", "headers": _RETRY_AFTER},
+    504: {"description": "The images were not ready in time (code timeout); the job was canceled"},
 }
 #: What any route behind an API key may answer besides its own outcomes.
 AUTHENTICATED = (401, 403, 413, 422, 429, 503)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from api.events import JobEvents
 from api.waiting import CompletionWaiter
 from core.apikeys import KeyStore
 from core.config import Settings
@@ -15,6 +16,7 @@ from core.idempotency import IdempotencyKeys
 from core.jobs import JobStore, connect
 from core.quotas import Quotas
 from core.storage import LocalStore, S3Store, build_store
+from core.webhooks import WebhookStore
 
 
 @dataclass
@@ -26,6 +28,8 @@ class ApiServices:
     quotas: Quotas
     waiter: CompletionWaiter
     idempotency: IdempotencyKeys
+    webhooks: WebhookStore
+    events: JobEvents
 
     @classmethod
     def build(cls, settings: Settings) -> ApiServices:
@@ -39,6 +43,8 @@ class ApiServices:
             quotas=Quotas(connection, settings, jobs),
             waiter=CompletionWaiter(settings),
             idempotency=IdempotencyKeys(connection, settings),
+            webhooks=WebhookStore(connection, settings),
+            events=JobEvents(settings),
         )
 
     def close(self) -> None:

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from core.jobs import JobRecord
-from core.schemas import BatchInfo, ErrorBody, ImageOut, JobView, Timings
+from dataclasses import dataclass
+
+from api.services import ApiServices
+from core.jobs import JobRecord, redis_errors
+from core.progress import latest_progress, queue_position
+from core.schemas import BatchInfo, ErrorBody, ImageOut, JobView, ProgressView, Timings, WebhookView
 from core.storage import LocalStore, S3Store
+
+
+@dataclass(frozen=True)
+class JobExtras:
+    """What a job view shows besides the RQ record: live progress, queue position, webhook."""
+
+    progress: ProgressView | None = None
+    queue_position: int | None = None
+    webhook: WebhookView | None = None
+
+
+def read_extras(services: ApiServices, record: JobRecord) -> JobExtras:
+    """Read a job's extras from Redis (blocking; a few small reads)."""
+    connection, settings = services.jobs.connection, services.settings
+    job_id = record.payload.job_id
+    with redis_errors():
+        position = None
+        if record.status == "queued":
+            position = queue_position(connection, settings, record.payload.model, job_id)
+        progress = latest_progress(connection, settings, job_id) if record.status != "queued" else None
+    return JobExtras(progress=progress, queue_position=position, webhook=services.webhooks.view(job_id))
 
 
 def _absolute(url: str, base_url: str) -> str:
@@ -14,7 +39,9 @@ def _absolute(url: str, base_url: str) -> str:
     return url
 
 
-def job_view(record: JobRecord, store: LocalStore | S3Store, *, base_url: str, expiry_s: int) -> JobView:
+def job_view(
+    record: JobRecord, store: LocalStore | S3Store, *, base_url: str, expiry_s: int, extras: JobExtras | None = None
+) -> JobView:
     """The public view of ``record``. URLs are minted here, after the caller's ownership check."""
     payload = record.payload
     images: list[ImageOut] = []
@@ -46,4 +73,22 @@ def job_view(record: JobRecord, store: LocalStore | S3Store, *, base_url: str, e
         timings=timings,
         batch=batch,
         error=ErrorBody(**record.error) if record.error else None,
+        queue_position=extras.queue_position if extras else None,
+        progress=extras.progress if extras else None,
+        webhook=extras.webhook if extras else None,
+    )
+
+
+def render_job(record: JobRecord, services: ApiServices, base_url: str) -> JobView:
+    """The job as clients see it, with its live extras (blocking: reads Redis).
+
+    ``base_url``: where clients reach the API (local-disk image URLs are made absolute with it).
+    """
+    settings = services.settings
+    return job_view(
+        record,
+        services.store,
+        base_url=settings.public_url or base_url,
+        expiry_s=settings.url_expiry_s,
+        extras=read_extras(services, record),
     )

@@ -172,6 +172,32 @@ class Settings(BaseSettings):
         default=1, ge=1, le=64, description="uvicorn worker processes of the API (>1: metrics in multiprocess mode)."
     )
 
+    # --- client side: progress, live events, webhooks, OpenAI compatibility (README "SDK") --
+    progress_interval_s: float = Field(
+        default=0.25, ge=0, le=60, description="Least time between two progress updates a worker publishes per batch."
+    )
+    preview_interval_s: float = Field(
+        default=1.0, ge=0, le=600, description="Least time between two previews of a job that asked for them."
+    )
+    events_poll_s: float = Field(
+        default=0.5, gt=0, le=10, description="How often an event stream re-reads its job's state and queue position."
+    )
+    events_max_s: float = Field(default=3600.0, gt=0, description="Longest an event stream (SSE) stays open.")
+    webhook_allow_loopback: bool = Field(
+        default=False, description="Let webhooks reach 127.0.0.1/::1. For tests only; private addresses stay refused."
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, description="Deliveries tried per webhook.")
+    webhook_retry_base_s: float = Field(
+        default=5.0, gt=0, le=3600, description="First retry delay of a failed delivery; doubles each time."
+    )
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120, description="Time limit of one delivery.")
+    webhook_poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often the API looks for finished webhook jobs and due deliveries."
+    )
+    openai_timeout_s: float = Field(
+        default=300.0, gt=0, description="Longest POST /v1/images/generations waits for its images (then 504)."
+    )
+
     @property
     def resolved_max_body_bytes(self) -> int:
         """The body limit in force: explicit, or room for an image and a mask at the upload limit."""

@@ -149,5 +149,12 @@ class UnsafeUrl(SfumatoError):
     code = "unsafe_url"
 
 
+class WaitTimeout(SfumatoError):
+    """A synchronous call (``POST /v1/images/generations``) ran out of time waiting for its job
+    (HTTP 504); the job was canceled so it does not run for nobody."""
+
+    code = "timeout"
+
+
 class KeyNotFound(JobNotFound):
     """No API key with that id (HTTP 404, code ``not_found``)."""

@@ -111,6 +111,23 @@ def _parse(url: str) -> httpx.URL:
     return parsed
 
 
+def _checked_addresses(parsed: httpx.URL, policy: FetchPolicy, resolver: Resolver) -> list[IPAddress]:
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    addresses = resolver(parsed.host, port)
+    if not addresses:
+        raise UnsafeUrl(f"host {parsed.host!r} has no address", param="url")
+    return [check_address(a, policy) for a in addresses]
+
+
+def check_url(url: str, *, policy: FetchPolicy | None = None, resolver: Resolver = system_resolver) -> None:
+    """Refuse ``url`` now (:class:`UnsafeUrl`) if :func:`fetch` would refuse it today.
+
+    For validating a URL when it is handed over (a webhook at submit), so the client hears at
+    once; :func:`fetch` checks again when it connects, since DNS answers can change.
+    """
+    _checked_addresses(_parse(url), policy or FetchPolicy(), resolver)
+
+
 def fetch(
     url: str,
     *,
@@ -128,11 +145,7 @@ def fetch(
     """
     policy = policy or FetchPolicy()
     parsed = _parse(url)
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    addresses = resolver(parsed.host, port)
-    if not addresses:
-        raise UnsafeUrl(f"host {parsed.host!r} has no address", param="url")
-    checked = [check_address(a, policy) for a in addresses]  # every one, before any connect
+    checked = _checked_addresses(parsed, policy, resolver)  # every one, before any connect
     deadline = time.monotonic() + policy.timeout_s
     host_header = parsed.netloc.decode("ascii")
     last_error: Exception | None = None

@@ -17,6 +17,8 @@ MAX_SEED = 2**32 - 1
 OutputFormat = Literal["png", "jpeg", "webp"]
 Mode = Literal["txt2img", "img2img", "inpaint"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+#: The endings a webhook can be asked for (``webhook_events``).
+WebhookEvent = Literal["succeeded", "failed", "canceled"]
 
 
 class ImageRequest(BaseModel):
@@ -53,6 +55,13 @@ class ImageRequest(BaseModel):
         description="Never co-batch this request, so its pixels are bit-identical on every run "
         "(co-batched images may differ by float rounding, see README).",
     )
+    preview: bool = Field(False, description="Publish low-cost previews with the progress (see /events).")
+    webhook_url: str | None = Field(
+        None, max_length=2048, description="Public http(s) URL POSTed a signed event when the job ends."
+    )
+    webhook_events: list[WebhookEvent] | None = Field(
+        None, min_length=1, max_length=3, description="Which endings to deliver (default: all three)."
+    )
 
 
 class JobPayload(BaseModel):
@@ -77,6 +86,7 @@ class JobPayload(BaseModel):
     output_format: OutputFormat
     strength: float | None = None
     exact: bool = False
+    preview: bool = False
     deadline_at: float | None = None
     image_b64: str | None = None
     mask_b64: str | None = None
@@ -141,6 +151,30 @@ class ImageOut(BaseModel):
     format: OutputFormat
 
 
+class ProgressView(BaseModel):
+    """The latest denoising progress a worker published for a job."""
+
+    step: int
+    total: int
+    eta_s: float | None = Field(None, description="Estimated seconds until denoising ends.")
+    elapsed_s: float
+    updated_at: float
+    preview: str | None = Field(None, description="A small PNG data URL (latent approximation), if asked for.")
+
+
+class WebhookView(BaseModel):
+    """Where a job's webhook goes and how its delivery went (never the signing secret)."""
+
+    url: str
+    events: list[WebhookEvent]
+    state: Literal["waiting", "pending", "retrying", "delivered", "failed", "skipped"]
+    attempts: int = 0
+    last_status: int | None = Field(None, description="HTTP status of the last attempt (None: no answer).")
+    last_error: str | None = None
+    last_attempt_at: float | None = None
+    delivered_at: float | None = None
+
+
 class JobView(BaseModel):
     """Body of ``GET /v1/images/{id}`` (and of POST responses)."""
 
@@ -156,6 +190,11 @@ class JobView(BaseModel):
     timings: Timings | None = None
     batch: BatchInfo | None = None
     error: ErrorBody | None = None
+    queue_position: int | None = Field(
+        None, description="While queued: jobs ahead of this one in its model's queue (0 = next)."
+    )
+    progress: ProgressView | None = None
+    webhook: WebhookView | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -75,6 +75,13 @@ class LocalStore:
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def get(self, key: str) -> bytes:
+        """The object's bytes (the API inlines images this way, e.g. OpenAI's b64_json)."""
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise StorageUnavailable(f"reading {key} failed: {type(exc).__name__}") from exc
+
     def _signature(self, key: str, expires: int) -> str:
         msg = f"{key}\n{expires}".encode()
         return hmac.new(self._signing_key, msg, hashlib.sha256).hexdigest()
@@ -178,6 +185,17 @@ class S3Store:
         except BotoCoreError as exc:
             raise StorageUnavailable(f"lookup of {key} failed: {describe_error(exc)}") from exc
         return True
+
+    def get(self, key: str) -> bytes:
+        """The object's bytes (the API inlines images this way, e.g. OpenAI's b64_json)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        check_key(key)
+        try:
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            return bytes(response["Body"].read())
+        except (BotoCoreError, ClientError) as exc:
+            raise StorageUnavailable(f"reading {key} failed: {describe_error(exc)}") from exc
 
     def url(self, key: str, expires_s: int) -> str:
         return str(

@@ -45,6 +45,7 @@ from worker import inputs
 from worker.attention import Backend, apply_attention, check_attention
 from worker.clip_compat import ensure_text_model_alias
 from worker.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.progress import offer_latents
 from worker.prompt_cache import PromptEmbeddingCache
 from worker.schedulers import make_scheduler
 from worker.tiny import ensure_tiny_model
@@ -136,6 +137,7 @@ class _StepReporter:
     def __call__(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.on_step is not None:
             try:
+                offer_latents(kwargs.get("latents"))  # for previews (worker/progress.py)
                 # num_timesteps, not steps: Heun evaluates twice per step, img2img fewer.
                 self.on_step(step + 1, int(getattr(pipe, "num_timesteps", 0) or 0))
             except BaseException as exc:

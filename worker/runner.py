@@ -42,6 +42,7 @@ from worker.batcher import BatchPolicy, PartnerClaimer, gather_partners
 from worker.engine import Engine
 from worker.execute import Generated, JobOutcome, generate_batch, store_outputs
 from worker.metrics import job_ended
+from worker.progress import ProgressPublisher
 from worker.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
@@ -212,12 +213,14 @@ class SfumatoWorker(SimpleWorker):
         timeout = min(a.job.timeout or self.settings.job_timeout_s for a in batch)
         payloads = [a.payload for a in batch]
         log.info("running batch of %d job(s), %d image(s)", len(batch), sum(p.n for p in payloads))
+        progress = ProgressPublisher(self.connection, self.settings, payloads)  # worker/progress.py
 
         def on_step(done: int, total: int) -> None:
             # Canceled jobs end now; their images are dropped. Only if every job in the batch
             # is canceled does the denoising itself stop.
             if self._complete_newly_canceled(batch, watcher) and watcher.all_canceled():
                 raise BatchCanceled()
+            progress.step(done, total)
 
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=batch[0].job.id):

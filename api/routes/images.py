@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -11,13 +10,12 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import Reader, Services, Writer
 from api.errors import AUTHENTICATED, documented
-from api.views import job_view
+from api.submission import submit
+from api.views import render_job
 from api.waiting import FINAL_STATES, requested_wait
 from core.errors import JobConflict, JobNotFound
-from core.idempotency import fingerprint
-from core.jobs import JobRecord, new_job_id
+from core.jobs import JobRecord
 from core.schemas import ImageRequest, JobList, JobView
-from core.validation import normalize_request
 
 router = APIRouter(prefix="/v1/images", tags=["images"])
 
@@ -25,9 +23,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = documented(404, *AUTHENTICATED)
 
 
 def _render(record: JobRecord, services: Services, request: Request) -> JobView:
-    settings = services.settings
-    base_url = settings.public_url or str(request.base_url)
-    return job_view(record, services.store, base_url=base_url, expiry_s=settings.url_expiry_s)
+    """The job as clients see it, with its live extras (blocking: reads Redis)."""
+    return render_job(record, services, str(request.base_url))
 
 
 @router.post(
@@ -53,36 +50,18 @@ async def create_image_job(
     """Validate and enqueue a generation job: 202 + ``Location``, or 200 if it finished in ``wait``."""
     settings = services.settings
     tenant = principal.tenant
-    payload = await run_in_threadpool(
-        normalize_request, body, settings, tenant=tenant, job_id=new_job_id(), now=time.time()
-    )
-    if idempotency_key is not None:
-        body_fingerprint = fingerprint(body.model_dump(mode="json"))
-        claim = await run_in_threadpool(
-            services.idempotency.claim, tenant, idempotency_key, body_fingerprint, payload.job_id
-        )
-        if claim.replay:
-            return await _replay(claim.job_id, request, services, tenant)
-    # Quotas after validation (a refused request costs nothing), before anything is queued.
-    try:
-        admission = await run_in_threadpool(services.quotas.admit, principal, payload)
-        try:
-            await run_in_threadpool(services.jobs.enqueue, payload)
-        except BaseException:
-            await run_in_threadpool(services.quotas.release, admission)
-            raise
-    except BaseException:
-        if idempotency_key is not None:
-            await run_in_threadpool(services.idempotency.release, tenant, idempotency_key)
-        raise
+    submitted = await submit(body, services, principal, idempotency_key)
+    if submitted.replayed:
+        return await _replay(submitted.job_id, request, services, tenant)
+    job_id = submitted.job_id
     wait_s = requested_wait(wait, prefer, settings.max_wait_s)
     if wait_s > 0:
-        record = await services.waiter.wait(services.jobs, payload.job_id, tenant, wait_s)
+        record = await services.waiter.wait(services.jobs, job_id, tenant, wait_s)
     else:
-        record = await run_in_threadpool(services.jobs.get, payload.job_id, tenant)
-    view = _render(record, services, request)
+        record = await run_in_threadpool(services.jobs.get, job_id, tenant)
+    view = await run_in_threadpool(_render, record, services, request)
     status = 200 if record.status in FINAL_STATES else 202
-    headers = {"Location": f"/v1/images/{payload.job_id}"}
+    headers = {"Location": f"/v1/images/{job_id}"}
     return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)
 
 
@@ -94,7 +73,7 @@ async def _replay(job_id: str, request: Request, services: Services, tenant: str
         raise JobConflict(
             "a request with this Idempotency-Key is still being enqueued; retry shortly", param="Idempotency-Key"
         ) from None
-    view = _render(record, services, request)
+    view = await run_in_threadpool(_render, record, services, request)
     status = 200 if record.status in FINAL_STATES else 202
     headers = {"Location": f"/v1/images/{job_id}", "Idempotent-Replayed": "true"}
     return JSONResponse(view.model_dump(mode="json"), status_code=status, headers=headers)

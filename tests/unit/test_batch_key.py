@@ -45,6 +45,7 @@ PER_JOB: dict[str, Any] = {
     "image_b64": "b3RoZXI=",
     "created_at": 2000.0,
     "deadline_at": 2100.0,
+    "preview": True,  # previews are made from the batch's latents per job, after the call
 }
 
 #: One value per pipeline call.
