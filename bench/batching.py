@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import torch
 
 from core.net import free_port
@@ -52,7 +53,9 @@ class ModelCase:
 
 
 CASES = {
-    "tiny": ModelCase("tiny", 64, 20, "float32", (1, 2, 4, 8), 48, (1, 4, 16), {1: 40, 4: 12, 16: 4}),
+    # 16 requests per client at 16 clients: 32 full batches, so ramp-up and the last partial
+    # round are a small share of the measurement.
+    "tiny": ModelCase("tiny", 64, 20, "float32", (1, 2, 4, 8), 96, (1, 4, 16), {1: 40, 4: 24, 16: 16}),
     # ~14 s per image here: fewer points (batch 1 and 4, 1 and 4 clients, one request each).
     "sd15": ModelCase("sd15", 256, 20, "bfloat16", (1, 4), 4, (1, 4), {1: 1, 4: 1}),
 }
@@ -90,12 +93,15 @@ def raw_pipeline(case: ModelCase, folder: Path) -> list[dict[str, Any]]:
     points = []
     for batch in case.raw_batches:
         calls = max(1, -(-case.raw_images // batch))
+        cpu_before = cpu_seconds()["clients"]
         started = time.perf_counter()
         for c in range(calls):
             call(batch, case.steps, c * batch)
         elapsed = time.perf_counter() - started
+        cpu_ms = (cpu_seconds()["clients"] - cpu_before) / (calls * batch) * 1000
         points.append({"batch": batch, "images": calls * batch, "seconds": round(elapsed, 3),
-                       "images_per_s": round(calls * batch / elapsed, 4)})  # fmt: skip
+                       "images_per_s": round(calls * batch / elapsed, 4),
+                       "cpu_ms_per_image": round(cpu_ms, 1)})  # fmt: skip
         print(f"raw {case.name} batch={batch}: {points[-1]['images_per_s']:.3f} images/s", flush=True)
     return points
 
@@ -154,6 +160,39 @@ def closed_loop(base_url: str, case: ModelCase, clients: int, requests_each: int
     }
 
 
+#: Which process of the run a command line belongs to (the bench process itself runs the clients).
+_ROLES = (("-m worker", "worker"), ("-m api", "api"), ("weed", "s3"), ("redis-server", "redis"))
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU seconds (user + system) so far of each role in this process tree."""
+    me = psutil.Process()
+    times = me.cpu_times()
+    totals = {"clients": times.user + times.system}
+    for child in me.children(recursive=True):
+        try:
+            command, times = " ".join(child.cmdline()), child.cpu_times()
+        except psutil.Error:
+            continue
+        role = next((name for marker, name in _ROLES if marker in command), "other")
+        totals[role] = totals.get(role, 0.0) + times.user + times.system
+    return totals
+
+
+def measured_loop(base_url: str, case: ModelCase, clients: int, requests_each: int) -> dict[str, Any]:
+    """:func:`closed_loop`, plus each process's CPU milliseconds per image over the run: on a
+    machine where the API, S3, Redis and the clients share cores with the denoiser, this says
+    where the CPU that the raw pipeline keeps for itself goes."""
+    before = cpu_seconds()
+    point = closed_loop(base_url, case, clients, requests_each)
+    after = cpu_seconds()
+    images = max(point["requests"], 1)
+    point["cpu_ms_per_image"] = {
+        role: round((after[role] - before.get(role, 0.0)) / images * 1000, 1) for role in sorted(after)
+    }
+    return point
+
+
 def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int) -> list[dict[str, Any]]:
     env = service_env(
         redis_url,
@@ -178,7 +217,7 @@ def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, 
         wait_for_workers(base_url, 1, 900, worker, api)
         closed_loop(base_url, case, 1, 1)  # warm the path end to end
         for clients in case.clients:
-            point = closed_loop(base_url, case, clients, case.requests_per_client[clients])
+            point = measured_loop(base_url, case, clients, case.requests_per_client[clients])
             point["max_batch"] = max_batch
             points.append(point)
             print(f"service {case.name} max_batch={max_batch} clients={clients}: "

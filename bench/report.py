@@ -32,6 +32,17 @@ def batching_table(data: dict[str, Any]) -> str:
             f"{p['latency_p50_s']} | {p['latency_p95_s']} | {p['mean_batch_images']} |"
         )
     lines += ["", "Summary: " + ", ".join(f"{k} = {v}" for k, v in data["summary"].items())]
+    busiest = [p for p in data["service"] if p.get("cpu_ms_per_image")]
+    if busiest:
+        top = max(busiest, key=lambda p: (p["max_batch"], p["clients"]))
+        split = ", ".join(f"{role} {ms}" for role, ms in top["cpu_ms_per_image"].items())
+        raw_cpu = {p["batch"]: p.get("cpu_ms_per_image") for p in data["raw_pipeline"]}
+        nearest = min(raw_cpu, key=lambda b: abs(b - (top["mean_batch_images"] or 1)))
+        lines += [
+            "",
+            f"CPU ms per image at {top['clients']} clients, max_batch={top['max_batch']}: {split} "
+            f"(total {sum(top['cpu_ms_per_image'].values()):.1f}); raw pipeline at batch {nearest}: {raw_cpu[nearest]}",
+        ]
     return "\n".join(lines)
 
 
