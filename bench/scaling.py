@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.batching import ModelCase, closed_loop, model_folder
+from bench.batching import ModelCase, closed_loop, measured_loop, model_folder
 from core.net import free_port
 from core.redis_server import start_redis
 from tests.support.env import NO_LIMITS, s3_env, service_env
@@ -50,7 +50,7 @@ def run_point(
             started.append(start_worker({**env, **one_thread_env()}, logs, name=f"w{workers}-{index}"))
         wait_for_workers(base_url, workers, 600, *started)
         closed_loop(base_url, case, workers, 1)  # warm every worker's path end to end
-        point = closed_loop(base_url, case, clients, requests_each)
+        point = measured_loop(base_url, case, clients, requests_each)
     finally:
         for process in started:
             process.stop()
@@ -79,7 +79,9 @@ def table(points: list[dict[str, Any]], ratio: float | None) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
-    parser.add_argument("--clients", type=int, default=8, help="concurrent closed-loop clients")
+    # 16 = 2 workers x max_batch 4 x 2 (one batch running, the next one queued): enough to keep
+    # both workers busy with full batches; with 8, the second worker's batches run part-empty.
+    parser.add_argument("--clients", type=int, default=16, help="concurrent closed-loop clients")
     parser.add_argument("--requests", type=int, default=12, help="requests per client per run")
     parser.add_argument("--steps", type=int, default=20, help="denoising steps per image")
     parser.add_argument("--max-batch", type=int, default=4, help="SFUMATO_MAX_BATCH of every worker")
