@@ -55,8 +55,20 @@ def no_internals_in_body(ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
+@schemathesis.check
+def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
+    """schemathesis' ``not_a_server_error``, except the one 5xx that is an answer, not a crash:
+    the declared ``504 {"error": {"code": "timeout"}}`` of the synchronous OpenAI endpoint when
+    no image arrives in time (the fuzz target runs no worker)."""
+    if response.status_code == 504 and case.operation.label == "POST /v1/images/generations":
+        body = response.json() if response.content else {}
+        if isinstance(body, dict) and body.get("error", {}).get("code") == "timeout":
+            return None
+    return not_a_server_error(ctx, response, case)
+
+
 CHECKS = [
-    not_a_server_error,
+    no_server_error,
     status_code_conformance,
     content_type_conformance,
     response_headers_conformance,
@@ -88,7 +100,7 @@ def _record_failures(report: FuzzReport, label: str, mode: str, group: FailureGr
     for failure in group.exceptions:
         name = getattr(failure, "title", type(failure).__name__)
         check = str(getattr(failure, "check_name", "") or name)
-        if check == "not_a_server_error":
+        if check in ("not_a_server_error", "no_server_error"):
             report.server_errors += 1
         elif check != "no_internals_in_body":
             report.schema_violations += 1
@@ -98,18 +110,12 @@ def _record_failures(report: FuzzReport, label: str, mode: str, group: FailureGr
             )
 
 
-WAITS_FOR_A_WORKER = frozenset({"POST /v1/images/generations"})
-
-
 def fuzz(base_url: str, headers: dict[str, str], *, cases: int, seed: int = 0) -> FuzzReport:
     """Run at least ``cases`` generated requests against ``base_url``; returns the counts."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    # POST /v1/images/generations holds the request until a worker has made the images (504
-    # after SFUMATO_OPENAI_TIMEOUT_S); the fuzz target runs no worker. Its body becomes the same
-    # ImageRequest that POST /v1/images validates, which is fuzzed.
-    operations = [
-        op for op in (result.ok() for result in schema.get_all_operations()) if op.label not in WAITS_FOR_A_WORKER
-    ]
+    # POST /v1/images/generations holds a valid request until a worker has made the images; the
+    # fuzz target runs no worker, so fuzz_env makes it give up (504, declared) after 0.1 s.
+    operations = [result.ok() for result in schema.get_all_operations()]
     report = FuzzReport(schemathesis.__version__, seed, checks=[c.__name__ for c in CHECKS])
     stats: dict[str, Counter[str]] = defaultdict(Counter)
     started = time.monotonic()
@@ -197,6 +203,7 @@ def fuzz_env(redis_url: str, workdir: Path) -> dict[str, str]:
         "SFUMATO_MAX_QUEUE_DEPTH": "0",
         "SFUMATO_MAX_WAIT_S": "0.05",
         "SFUMATO_EVENTS_MAX_S": "0.5",  # an event stream on a job no worker takes ends quickly
+        "SFUMATO_OPENAI_TIMEOUT_S": "0.1",  # likewise POST /v1/images/generations: 504 at once
         "SFUMATO_LOG_LEVEL": "WARNING",
     }
 
