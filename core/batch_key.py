@@ -41,6 +41,8 @@ class BatchKey:
             clip_skip=payload.clip_skip,
             strength=payload.strength,
             exact=payload.exact,
+            # Sorted so that the order a client listed its LoRAs in never splits a batch.
+            loras=tuple(sorted((lora.name, lora.scale) for lora in payload.loras)),
         )
 
     def digest(self) -> str:

@@ -59,6 +59,18 @@ class Settings(BaseSettings):
     )
     torch_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads on CPU.")
 
+    # --- LoRA (see README "LoRA") ---------------------------------------------------------
+    lora_dir: Path | None = Field(
+        default=None, description="Folder of <name>.safetensors LoRAs, read by API and worker (default data_dir/loras)."
+    )
+    max_loras: int = Field(default=4, ge=0, le=16, description="Most LoRAs one request may combine; 0 = LoRAs off.")
+    lora_min_scale: float = Field(default=-2.0, ge=-10, le=0, description="Smallest LoRA scale a request may ask for.")
+    lora_max_scale: float = Field(default=2.0, ge=0, le=10, description="Largest LoRA scale a request may ask for.")
+    lora_cache_size: int = Field(default=8, ge=1, le=256, description="LoRA adapters a worker keeps loaded (LRU).")
+    lora_cache_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1024, description="Bytes of loaded LoRA weights a worker keeps (LRU)."
+    )
+
     # --- request limits (enforced by the API before anything is enqueued) ----------------
     max_prompt_chars: int = Field(default=2000, ge=1, description="Longest prompt / negative prompt.")
     min_size: int = Field(default=64, ge=8, description="Smallest width/height in pixels.")
@@ -216,6 +228,11 @@ class Settings(BaseSettings):
         if self.storage == "auto":
             return "s3" if self.s3_bucket else "local"
         return self.storage
+
+    @property
+    def resolved_lora_dir(self) -> Path:
+        """Where LoRAs are listed (API) and loaded (worker): explicit, or data_dir/loras."""
+        return self.lora_dir or self.data_dir / "loras"
 
     @property
     def resolved_local_storage_dir(self) -> Path:

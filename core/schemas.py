@@ -21,6 +21,21 @@ JobStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 WebhookEvent = Literal["succeeded", "failed", "canceled"]
 
 
+class LoraWeight(BaseModel):
+    """One LoRA of a request: a name from ``GET /v1/models`` and how strongly to apply it.
+
+    The scale multiplies the LoRA's weight delta (diffusers' ``set_adapters`` weight, A1111's
+    ``<lora:name:scale>``): 0 is the base model, 1 the LoRA as trained, negative values push
+    the other way (slider LoRAs). Its bounds are settings (``SFUMATO_LORA_MIN_SCALE`` ..
+    ``SFUMATO_LORA_MAX_SCALE``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, max_length=100, description="LoRA name from GET /v1/models.")
+    scale: float = Field(1.0, allow_inf_nan=False, description="Strength: 0 = off, 1 = as trained.")
+
+
 class ImageRequest(BaseModel):
     """Body of ``POST /v1/images``. Unset fields take the model's defaults.
 
@@ -56,6 +71,9 @@ class ImageRequest(BaseModel):
         "(co-batched images may differ by float rounding, see README).",
     )
     preview: bool = Field(False, description="Publish low-cost previews with the progress (see /events).")
+    loras: list[LoraWeight] = Field(
+        default_factory=list, max_length=64, description="LoRAs to apply, each with its scale (see GET /v1/models)."
+    )
     webhook_url: str | None = Field(
         None, max_length=2048, description="Public http(s) URL POSTed a signed event when the job ends."
     )
@@ -91,6 +109,8 @@ class JobPayload(BaseModel):
     image_b64: str | None = None
     mask_b64: str | None = None
     created_at: float
+    #: Normalised by core.validation: sorted by name, scales rounded, scale-0 entries dropped.
+    loras: tuple[LoraWeight, ...] = ()
 
     @property
     def seeds(self) -> list[int]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import secrets
 
 from core.config import Settings
-from core.errors import InvalidRequest
+from core.errors import InvalidRequest, UnknownChoice
+from core.loras import available_loras
 from core.models import ModelSpec, resolve_model
 from core.scheduler_names import canonical_scheduler
-from core.schemas import MAX_SEED, ImageRequest, JobPayload, Mode
+from core.schemas import MAX_SEED, ImageRequest, JobPayload, LoraWeight, Mode
 from core.uploads import inspect_upload
 
 
@@ -49,6 +50,49 @@ def _check_uploads(request: ImageRequest, settings: Settings) -> None:
             )
 
 
+#: LoRA scales are rounded to this many decimals, so 0.7 and 0.7000001 share a batch (and what
+#: runs is exactly what the batch key says).
+LORA_SCALE_DECIMALS = 3
+#: An unknown-LoRA message lists at most this many valid names (GET /v1/models lists all).
+_LISTED_LORAS = 50
+
+
+def _valid_loras_text(offered: list[str]) -> str:
+    if not offered:
+        return "none (the LoRA folder is empty)"
+    more = len(offered) - _LISTED_LORAS
+    return ", ".join(offered[:_LISTED_LORAS]) + (f" and {more} more (see GET /v1/models)" if more > 0 else "")
+
+
+def normalize_loras(requested: list[LoraWeight], settings: Settings) -> tuple[LoraWeight, ...]:
+    """Check the requested LoRAs and return the canonical set: sorted by name, scales rounded
+    to :data:`LORA_SCALE_DECIMALS`, scale-0 entries dropped (a LoRA at 0 is the base model, so
+    such a request batches with plain ones). Unknown names list the valid ones."""
+    if not requested:
+        return ()
+    _check_max("loras", len(requested), settings.max_loras, what="number of loras")
+    offered = available_loras(settings)
+    seen: set[str] = set()
+    kept: list[LoraWeight] = []
+    for i, lora in enumerate(requested):
+        if lora.name not in offered:
+            valid = _valid_loras_text(offered)
+            raise UnknownChoice(f"unknown LoRA {lora.name!r}; valid LoRAs: {valid}", param=f"loras[{i}].name")
+        if lora.name in seen:
+            raise InvalidRequest(f"LoRA {lora.name!r} is listed twice; give it once", param=f"loras[{i}].name")
+        seen.add(lora.name)
+        if not settings.lora_min_scale <= lora.scale <= settings.lora_max_scale:
+            raise InvalidRequest(
+                f"loras[{i}].scale is {lora.scale}; allowed range is "
+                f"{settings.lora_min_scale}..{settings.lora_max_scale}",
+                param=f"loras[{i}].scale",
+            )
+        scale = round(lora.scale, LORA_SCALE_DECIMALS)
+        if scale != 0:
+            kept.append(LoraWeight(name=lora.name, scale=scale))
+    return tuple(sorted(kept, key=lambda lora: lora.name))
+
+
 def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str, job_id: str, now: float) -> JobPayload:
     """Validate ``request`` against Settings and the model, fill defaults, resolve the seed."""
     spec = resolve_model(settings, request.model)
@@ -76,6 +120,7 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         )
     _check_max("clip_skip", request.clip_skip, settings.max_clip_skip)
     _check_uploads(request, settings)
+    loras = normalize_loras(request.loras, settings)
     strength = None if mode == "txt2img" else (request.strength if request.strength is not None else 0.75)
     if strength is not None and int(steps * strength) < 1:
         raise InvalidRequest(
@@ -109,4 +154,5 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         image_b64=request.image,
         mask_b64=request.mask,
         created_at=now,
+        loras=loras,
     )

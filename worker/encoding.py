@@ -38,7 +38,8 @@ def parameters_text(payload: JobPayload, seed: int, model_name: str) -> str:
     """The A1111 ``parameters`` string for one image of ``payload`` made with ``seed``.
 
     Like A1111, the "Negative prompt" line is left out when there is none. ``Clip skip`` uses
-    A1111's numbering (1 = no skip), i.e. ``payload.clip_skip + 1``.
+    A1111's numbering (1 = no skip), i.e. ``payload.clip_skip + 1``. LoRAs are appended to the
+    prompt as A1111's ``<lora:name:scale>`` tags, so pasting the text into A1111 asks for them.
     """
     sampler = SCHEDULER_DISPLAY_NAMES.get(payload.scheduler, payload.scheduler)
     fields = [
@@ -52,7 +53,8 @@ def parameters_text(payload: JobPayload, seed: int, model_name: str) -> str:
     if payload.mode != "txt2img" and payload.strength is not None:
         fields.append(f"Denoising strength: {payload.strength:g}")
     fields += [f"Clip skip: {payload.clip_skip + 1}", f"Sfumato job: {_value(payload.job_id)}"]
-    lines = [payload.prompt]
+    tags = "".join(f" <lora:{lora.name}:{lora.scale:g}>" for lora in payload.loras)
+    lines = [payload.prompt + tags]
     if payload.negative_prompt:
         lines.append(f"Negative prompt: {payload.negative_prompt}")
     lines.append(", ".join(fields))
@@ -74,6 +76,7 @@ def _sfumato_json(payload: JobPayload, index: int, seed: int, model_name: str) -
             "height": payload.height,
             "clip_skip": payload.clip_skip,
             "strength": payload.strength,
+            "loras": [{"name": lora.name, "scale": lora.scale} for lora in payload.loras],
         },
         separators=(",", ":"),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from worker import inputs
 from worker.attention import Backend, apply_attention, check_attention
 from worker.clip_compat import ensure_text_model_alias
 from worker.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.lora import LoraAdapters, TextEncoderState
 from worker.progress import offer_latents
 from worker.prompt_cache import PromptEmbeddingCache
 from worker.schedulers import make_scheduler
@@ -161,8 +163,9 @@ class PreparedJob:
 class Engine:
     """The resident model. Build with :meth:`load`, then :meth:`warmup`, then :meth:`generate`.
 
-    Each call builds its own pipeline object and scheduler, so concurrent calls do not corrupt
-    each other, but they compete for the device: the runner should run one batch at a time.
+    Each call builds its own pipeline object and scheduler; calls from several threads are
+    serialised (the active LoRA set is state of the shared modules), so the runner should
+    run one batch at a time anyway.
     """
 
     def __init__(
@@ -173,8 +176,14 @@ class Engine:
         dtype: torch.dtype,
         attention: Backend,
         prompt_cache: PromptEmbeddingCache | None = None,
+        loras: LoraAdapters | None = None,
     ) -> None:
         self.spec = spec
+        # No folder: every LoRA request fails with "not available on this worker".
+        self.loras = loras if loras is not None else LoraAdapters(None, max_count=1, max_bytes=1)
+        # The active LoRA set is state of the shared modules: activating it and running the
+        # pipeline call must not interleave with another batch's.
+        self._lock = threading.Lock()
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptEmbeddingCache(capacity=0)
         self.device = device
         self.dtype = dtype
@@ -204,7 +213,10 @@ class Engine:
             spec.id, spec.source, device, str(dtype).removeprefix("torch."), backend,
             time.perf_counter() - started,
         )  # fmt: skip
-        return cls(spec, pipe, device, dtype, backend, PromptEmbeddingCache(settings.prompt_cache_size))
+        loras = LoraAdapters(settings.resolved_lora_dir, settings.lora_cache_size, settings.lora_cache_bytes)
+        # Encoding a batch's prompts together is batch-invariant only in float32 (prompt_cache.py).
+        prompt_cache = PromptEmbeddingCache(settings.prompt_cache_size, encode_together=dtype == torch.float32)
+        return cls(spec, pipe, device, dtype, backend, prompt_cache, loras)
 
     # --- generation --------------------------------------------------------------------
 
@@ -249,8 +261,22 @@ class Engine:
         smaller batches), GenerationFailed when the model raises; ``on_step``'s errors as is.
         """
         key = self._batch_key([job.payload for job in jobs])
-        pipe = self.pipeline(key.mode, key.scheduler)
-        call = self._call_arguments(jobs, key, pipe)
+        with self._lock:
+            pipe = self.pipeline(key.mode, key.scheduler)
+            # Exactly this batch's LoRAs (none for a base batch), before prompts are encoded.
+            text_encoder_state = self.loras.activate(pipe, key.loras)
+            call = self._call_arguments(jobs, key, pipe, text_encoder_state)
+            return self._call(pipe, call, jobs, key, on_step)
+
+    def _call(
+        self,
+        pipe: SDPipeline,
+        call: dict[str, Any],
+        jobs: Sequence[PreparedJob],
+        key: BatchKey,
+        on_step: StepCallback | None,
+    ) -> list[np.ndarray]:
+        """The pipeline call itself, with errors mapped; one float array per job."""
         reporter = _StepReporter(on_step)
         # Passed through the dict: the inpainting pipeline annotates the callback with the
         # legacy (step, timestep) signature although it calls the new one.
@@ -327,11 +353,14 @@ class Engine:
                 )
         return key
 
-    def _call_arguments(self, jobs: Sequence[PreparedJob], key: BatchKey, pipe: SDPipeline) -> dict[str, Any]:
+    def _call_arguments(
+        self, jobs: Sequence[PreparedJob], key: BatchKey, pipe: SDPipeline, text_encoder_state: TextEncoderState = ()
+    ) -> dict[str, Any]:
         """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
 
-        Prompts go in as cached embeddings (misses encoded together; see worker/prompt_cache.py).
-        Negative prompts are encoded without clip skip, as diffusers does for them.
+        Prompts go in as cached embeddings (misses encoded together; see worker/prompt_cache.py),
+        keyed also on the active text-encoder LoRAs. Negative prompts are encoded without clip
+        skip, as diffusers does for them.
         """
         prompts: list[str] = []
         negatives: list[str] = []
@@ -348,8 +377,8 @@ class Engine:
                 if job.mask is not None:
                     masks.append(job.mask)
         call: dict[str, Any] = {
-            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, exact=key.exact),
-            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, exact=key.exact),
+            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, key.exact, text_encoder_state),
+            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, key.exact, text_encoder_state),
             "generator": generators,
             "num_inference_steps": key.steps,
             "guidance_scale": key.guidance_scale,

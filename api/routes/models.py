@@ -9,6 +9,7 @@ from fastapi import APIRouter
 from api.deps import Reader, Services
 from api.errors import AUTHENTICATED, documented
 from core.jobs import redis_errors
+from core.loras import available_loras
 from core.models import served_models
 from core.presence import live_workers
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
@@ -20,9 +21,11 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
     settings = services.settings
     data = []
+    loras = available_loras(settings)  # one folder today, shared by every served model
     with redis_errors():
         for spec in served_models(settings).values():
             entry = spec.public()
+            entry["loras"] = loras
             entry["workers"] = live_workers(services.jobs.connection, settings, spec.id)
             data.append(entry)
     limits = {
@@ -34,5 +37,7 @@ def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
         "max_clip_skip": settings.max_clip_skip,
         "max_prompt_chars": settings.max_prompt_chars,
         "max_upload_bytes": settings.max_upload_bytes,
+        "max_loras": settings.max_loras,
+        "lora_scale": [settings.lora_min_scale, settings.lora_max_scale],
     }
     return {"data": data, "schedulers": SCHEDULER_DISPLAY_NAMES, "limits": limits}

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.batch_key import BatchKey
-from core.schemas import JobPayload
+from core.schemas import JobPayload, LoraWeight
 
 BASE: dict[str, Any] = {
     "job_id": "a" * 32,
@@ -60,6 +60,7 @@ BATCH_WIDE: dict[str, Any] = {
     "clip_skip": 1,
     "strength": 0.5,
     "exact": True,
+    "loras": (LoraWeight(name="film-grain", scale=0.8),),
 }
 
 
@@ -95,6 +96,25 @@ def test_loras_change_the_key() -> None:
     with_lora = dataclasses.replace(key, loras=(("film-grain", 0.8),))
     other_weight = dataclasses.replace(key, loras=(("film-grain", 0.6),))
     assert len({key.digest(), with_lora.digest(), other_weight.digest()}) == 3
+
+
+def test_the_lora_set_is_wired_from_the_payload_and_its_order_does_not_matter() -> None:
+    grain, ink = LoraWeight(name="film-grain", scale=0.8), LoraWeight(name="ink", scale=-0.5)
+    key = BatchKey.of(payload(loras=(ink, grain)))
+    assert key.loras == (("film-grain", 0.8), ("ink", -0.5))
+    assert key == BatchKey.of(payload(loras=(grain, ink)))
+    assert key != BatchKey.of(payload(loras=(grain,)))
+    assert BatchKey.of(payload(loras=(LoraWeight(name="film-grain", scale=0.6),))) != BatchKey.of(
+        payload(loras=(grain,))
+    )
+
+
+def test_a_payload_without_loras_keeps_its_old_digest() -> None:
+    # Jobs queued before LoRAs existed (no "loras" in their JSON) still batch with new ones.
+    data = payload().model_dump(mode="json")
+    data.pop("loras")
+    assert BatchKey.of(JobPayload.model_validate(data)) == BatchKey.of(payload())
+    assert BatchKey.of(payload()).loras == ()
 
 
 def test_digest_is_short_stable_hex() -> None:

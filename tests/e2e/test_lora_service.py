@@ -1,0 +1,104 @@
+"""LoRA per request through the real service: uvicorn + a worker process + a private Redis +
+SeaweedFS, with a LoRA made by peft in a folder both processes read (SFUMATO_LORA_DIR)."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+import redis
+from PIL import Image
+
+from core.net import free_port
+from tests.support.env import s3_env, service_env
+from tests.support.keys import bearer, env_key
+from tests.support.lora import make_lora
+from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
+
+pytestmark = pytest.mark.timeout(600)
+
+LORA = "ink-wash"
+
+
+@dataclass
+class LoraStack:
+    client: httpx.Client
+    worker: ServiceProcess
+    redis: redis.Redis
+    queue_key: str
+
+    def generate(self, body: dict) -> dict:
+        resp = self.client.post("/v1/images?wait=120", json=body)
+        assert resp.status_code == 200, (resp.status_code, resp.text, self.worker.log_tail())
+        job = resp.json()
+        assert job["status"] == "succeeded", (job, self.worker.log_tail())
+        return job
+
+
+@pytest.fixture(scope="module")
+def stack(redis_server, seaweed, tmp_path_factory) -> Iterator[LoraStack]:
+    tmp = tmp_path_factory.mktemp("e2e-lora")
+    make_lora(tmp / "loras", LORA, seed=3, text_encoder=True)
+    env = {
+        **service_env(redis_server.url, tmp, "e2e-lora", SFUMATO_TORCH_THREADS="2"),
+        **s3_env(seaweed, f"e2e-lora-{secrets.token_hex(4)}"),
+        "SFUMATO_LORA_DIR": str(tmp / "loras"),
+    }
+    port = free_port()
+    worker = start_worker(env, tmp / "logs")
+    api = start_api(env, port, tmp / "logs")
+    base_url = f"http://127.0.0.1:{port}"
+    headers = bearer(env_key(env, tenant="default"))
+    conn = redis.Redis.from_url(redis_server.url)
+    try:
+        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
+        with httpx.Client(base_url=base_url, timeout=150, headers=headers) as client:
+            yield LoraStack(client, worker, conn, f"rq:queue:{env['SFUMATO_QUEUE_PREFIX']}:tiny")
+    finally:
+        conn.close()
+        worker.stop()
+        api.stop()
+
+
+def _pixels(job: dict) -> np.ndarray:
+    resp = httpx.get(job["images"][0]["url"], timeout=10)
+    assert resp.status_code == 200
+    return np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB"))
+
+
+def test_models_list_the_loras_and_their_limits(stack: LoraStack) -> None:
+    body = stack.client.get("/v1/models").json()
+    (model,) = body["data"]
+    assert model["loras"] == [LORA]
+    assert body["limits"]["max_loras"] == 4 and body["limits"]["lora_scale"] == [-2.0, 2.0]
+
+
+def test_a_lora_request_changes_the_image_and_the_base_model_is_unchanged_after(stack: LoraStack) -> None:
+    request = {"prompt": "a lighthouse at dusk", "seed": 21, "steps": 6}
+    before = _pixels(stack.generate(request))
+    styled = stack.generate({**request, "loras": [{"name": LORA, "scale": 0.9}]})
+    after = _pixels(stack.generate(request))
+    assert np.array_equal(before, after)  # nothing left active on the worker
+    styled_pixels = _pixels(styled)
+    assert int(np.abs(styled_pixels.astype(int) - before.astype(int)).max()) > 2
+    again = stack.generate({**request, "loras": [{"name": LORA, "scale": 0.9}]})
+    assert np.array_equal(_pixels(again), styled_pixels)
+    # Scale 0 is normalised away: the base image, and the same batch key as plain requests.
+    assert np.array_equal(_pixels(stack.generate({**request, "loras": [{"name": LORA, "scale": 0}]})), before)
+
+
+def test_an_unknown_lora_is_a_422_listing_the_valid_ones_and_nothing_is_enqueued(stack: LoraStack) -> None:
+    queued = stack.redis.llen(stack.queue_key)
+    jobs = len(stack.client.get("/v1/images").json()["data"])
+    resp = stack.client.post("/v1/images", json={"prompt": "x", "loras": [{"name": "no-such-lora", "scale": 1}]})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["code"] == "unknown_choice" and error["param"] == "loras[0].name"
+    assert LORA in error["message"] and "no-such-lora" in error["message"]
+    assert stack.redis.llen(stack.queue_key) == queued
+    assert len(stack.client.get("/v1/images").json()["data"]) == jobs  # no job was created either
