@@ -6,9 +6,10 @@ same 77 tokens with no cross-row attention, so a row's embedding does not depend
 partners (bit-identical to encoding alone on CPU; ~1e-7 at most elsewhere, far inside the
 1e-5 invariance bound), and one call costs about what one prompt alone costs on a small model
 (py-spy: one prompt at a time was 15% of a busy tiny-model worker's main thread). In half
-precision the batched matmuls round differently per batch size, and that difference grows
-through the UNet (SD 1.5 in bf16: 6 8-bit levels on 57% of values instead of 2 on 24%), so
-there each text is encoded alone; on a real model that costs ~1% of a batch.
+precision the batched matmuls round differently per batch size (SD 1.5 CLIP in bf16: rows of
+a batch of 4 distinct prompts differ from solo ones by up to 0.0625), which would make an
+image depend on its partners' prompts; so there each text is encoded alone, which costs ~1% of
+a batch on a real model.
 
 ``exact`` requests never touch the cache: each of their texts is encoded alone, fresh, so an
 exact request's result does not depend on what ran before it (bit-identical across runs).
