@@ -281,19 +281,27 @@ class Engine:
         # Passed through the dict: the inpainting pipeline annotates the callback with the
         # legacy (step, timestep) signature although it calls the new one.
         call.update(output_type="np", callback_on_step_end=reporter)
+        out_of_memory = ""
         try:
             with torch.inference_mode():
                 output: Any = pipe(**call)
+        except torch.OutOfMemoryError as exc:
+            # Raised below, outside this block: the OOM's traceback holds the frames of the
+            # failed call and with them its activations; chained to OutOfMemory they would stay
+            # allocated while the caller retries in halves (seen on a real GPU: every half then
+            # ran out too). Only the message is kept.
+            out_of_memory = _short(exc)
         except Exception as exc:
             if exc is reporter.error or isinstance(exc, SfumatoError):
                 raise
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()  # after an OOM, give the next (smaller) batch a chance
-            if isinstance(exc, torch.OutOfMemoryError):
-                count = sum(job.payload.n for job in jobs)
-                raise OutOfMemory(f"out of device memory for a batch of {count} image(s)") from exc
             log.exception("generation failed for %d job(s), batch %s", len(jobs), key.digest())
             raise GenerationFailed(f"image generation failed: {_short(exc)}") from exc
+        if out_of_memory:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the next (smaller) batch the memory just freed
+            count = sum(job.payload.n for job in jobs)
+            log.warning("out of device memory for a batch of %d image(s): %s", count, out_of_memory)
+            raise OutOfMemory(f"out of device memory for a batch of {count} image(s)")
         images = np.asarray(output.images, dtype=np.float32)
         results, start = [], 0
         for job in jobs:

@@ -69,21 +69,20 @@ def run_splitting_on_oom(
     try:
         return list(engine.run(jobs, on_step))
     except OutOfMemory:
-        if len(jobs) > 1:
-            half = len(jobs) // 2
-            log.warning("out of memory for %d jobs; retrying as %d + %d", len(jobs), half, len(jobs) - half)
-            return run_splitting_on_oom(engine, jobs[:half], on_step) + run_splitting_on_oom(
-                engine, jobs[half:], on_step
-            )
-        (job,) = jobs
-        if job.payload.n == 1:
-            log.error("job %s does not fit in device memory even alone", job.payload.job_id)
-            return [OutOfMemory(f"one {job.payload.width}x{job.payload.height} image does not fit in memory").to_dict()]
-        parts = run_splitting_on_oom(engine, _split_images(job), on_step)
-        errors = [part for part in parts if isinstance(part, dict)]
-        if errors:
-            return [errors[0]]
-        return [np.concatenate([part for part in parts if isinstance(part, np.ndarray)], axis=0)]
+        pass  # retried below, once this exception and whatever its frames hold are gone
+    if len(jobs) > 1:
+        half = len(jobs) // 2
+        log.warning("out of memory for %d jobs; retrying as %d + %d", len(jobs), half, len(jobs) - half)
+        return run_splitting_on_oom(engine, jobs[:half], on_step) + run_splitting_on_oom(engine, jobs[half:], on_step)
+    (job,) = jobs
+    if job.payload.n == 1:
+        log.error("job %s does not fit in device memory even alone", job.payload.job_id)
+        return [OutOfMemory(f"one {job.payload.width}x{job.payload.height} image does not fit in memory").to_dict()]
+    parts = run_splitting_on_oom(engine, _split_images(job), on_step)
+    errors = [part for part in parts if isinstance(part, dict)]
+    if errors:
+        return [errors[0]]
+    return [np.concatenate([part for part in parts if isinstance(part, np.ndarray)], axis=0)]
 
 
 def generate_batch(

@@ -7,6 +7,7 @@ at most one level in at most 0.1% of values.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -82,10 +83,16 @@ class UnetFaults:
         self.calls: list[int] = []
         real_forward = unet.forward
 
+        self.held: list[weakref.ref[torch.Tensor]] = []
+        self.held_at_call: list[int] = []  # failed attempts' activations still alive at each call
+
         def forward(sample: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             images = sample.shape[0] // 2  # classifier-free guidance doubles the batch
             self.calls.append(images)
+            self.held_at_call.append(sum(ref() is not None for ref in self.held))
             if images > max_images:
+                activations = torch.empty(images, 1024)  # what a real failed forward leaves behind
+                self.held.append(weakref.ref(activations))
                 raise torch.OutOfMemoryError(f"CUDA out of memory (injected, {images} images)")
             return real_forward(sample, *args, **kwargs)
 
@@ -104,6 +111,18 @@ def test_out_of_memory_splits_the_batch_and_every_image_is_unchanged(
         assert got.images is not None
         assert_same_images(want, got.images)
     assert max(faults.calls) == 5 and 1 in faults.calls  # tried whole, ended one image at a time
+
+
+def test_a_failed_attempt_frees_its_memory_before_the_smaller_retry(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OOM's traceback holds the failed call's frames; kept alive (chained or still being
+    handled) during the retry, its activations would make every half run out of memory too."""
+    faults = UnetFaults(engine, monkeypatch, max_images=1)
+    generated = generate_batch(engine, [payload(job_id="a", seed=1), payload(job_id="b", seed=2, n=3)])
+    assert [g.error for g in generated] == [None, None]
+    assert len(faults.held) >= 2  # several attempts failed...
+    assert faults.held_at_call == [0] * len(faults.calls)  # ...and none outlived its own attempt
 
 
 def test_an_image_that_never_fits_fails_only_as_out_of_memory_and_the_engine_recovers(
