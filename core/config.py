@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     max_wait_ms: int = Field(
         default=25, ge=0, le=10_000, description="Longest a batch waits for partners once its oldest job is taken."
     )
+    adaptive_wait: bool = Field(
+        default=True,
+        description="Skip the partner wait while recent waits found no partner (one request at a time); "
+        "probe now and then. Queued partners are always claimed; max_wait_ms still bounds every wait.",
+    )
     batch_scan_depth: int = Field(
         default=64, ge=1, le=10_000, description="How far down the queue a worker looks for batch partners."
     )

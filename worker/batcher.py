@@ -5,6 +5,10 @@ up to ``max_batch`` images' worth of queued jobs with the same batch key, waitin
 ``max_wait_ms`` for them. The leader is always the head of the queue, so the oldest job of any
 key starts within ``max_wait_ms`` of reaching the head: one busy key cannot starve another.
 
+The wait is spent only where it pays (:class:`WaitAdvisor`): partners already queued are always
+claimed, but a worker whose recent waits found no late partner (one client at a time, say)
+starts at once, and probes again now and then in case traffic has changed.
+
 Claiming is one Lua script: it scans the head of the queue, and moves each matching job to
 RQ's intermediate queue exactly as RQ's own dequeue does (LREM + RPUSH inside the script), so
 two workers never claim the same job and RQ's maintenance still sees every taken job.
@@ -66,6 +70,43 @@ class BatchPolicy:
 ClaimFn = Callable[[int], list[tuple[str, int]]]
 
 
+class WaitAdvisor:
+    """Whether a leader should wait for late partners, learned from this worker's recent waits.
+
+    Waiting ``max_wait_ms`` pays when partners arrive within it (closed-loop clients resubmitting
+    together, bursts); at one request at a time it only adds latency to every image. So after
+    ``patience`` waits in a row that found no late partner, the worker stops waiting (already
+    queued partners are still claimed) and waits again on every ``probe_every``-th batch to
+    notice busier traffic; the first wait that finds one restores waiting at once. The bound
+    (no job waits longer than ``max_wait_ms`` for partners) is unchanged.
+    """
+
+    def __init__(self, enabled: bool = True, patience: int = 8, probe_every: int = 16) -> None:
+        self.enabled = enabled
+        self.patience = patience
+        self.probe_every = probe_every
+        self._fruitless = 0  # waits in a row that found no late partner
+        self._skipped = 0
+
+    def should_wait(self) -> bool:
+        if not self.enabled or self._fruitless < self.patience:
+            return True
+        self._skipped += 1
+        if self._skipped >= self.probe_every:
+            self._skipped = 0
+            return True
+        return False
+
+    def record(self, waited: bool, late_partners: int) -> None:
+        """After a gather: whether it waited out the whole bound, and how many partners arrived
+        while it waited."""
+        if late_partners:
+            self._fruitless = 0
+            self._skipped = 0
+        elif waited:
+            self._fruitless += 1
+
+
 def gather_partners(
     leader_images: int,
     exact: bool,
@@ -73,21 +114,30 @@ def gather_partners(
     policy: BatchPolicy,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    advisor: WaitAdvisor | None = None,
 ) -> list[str]:
     """Claim partner jobs for a leader until the batch is full or the wait bound passes.
 
     Pure policy (no Redis): ``claim`` does the atomic work. An ``exact`` leader runs alone.
+    With an ``advisor`` that says not to wait, only the partners already queued are claimed.
     """
     if exact or leader_images >= policy.max_images:
         return []
-    deadline = clock() + policy.max_wait_s
-    used, partners = leader_images, []
+    wait = advisor.should_wait() if advisor is not None else True
+    deadline = clock() + (policy.max_wait_s if wait else 0.0)
+    used, partners, late = leader_images, [], 0
+    first = True
     while True:
         for job_id, images in claim(policy.max_images - used):
             partners.append(job_id)
             used += images
+            late += 0 if first else 1
+        first = False
         remaining = deadline - clock()
         if used >= policy.max_images or remaining <= 0:
+            if advisor is not None:
+                # A batch filled by partners already queued tells nothing about waiting: neutral.
+                advisor.record(wait and used < policy.max_images, late)
             return partners
         sleep(min(policy.poll_interval_s, remaining))
 

@@ -38,7 +38,7 @@ from core.jobs import META_ERROR, cancel_key, payload_of
 from core.presence import announce, withdraw
 from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
-from worker.batcher import BatchPolicy, PartnerClaimer, gather_partners
+from worker.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
 from worker.engine import Engine
 from worker.execute import Generated, JobOutcome, generate_batch, store_outputs
 from worker.metrics import job_ended
@@ -83,6 +83,7 @@ class SfumatoWorker(SimpleWorker):
             max_wait_s=settings.max_wait_ms / 1000,
             scan_depth=settings.batch_scan_depth,
         )
+        self.wait_advisor = WaitAdvisor(enabled=settings.adaptive_wait)
         self.completion_stage = BackgroundStage(settings.upload_stage_depth)
         self._claimers: dict[str, PartnerClaimer] = {}
         self.draining = False
@@ -197,7 +198,11 @@ class SfumatoWorker(SimpleWorker):
         digest = BatchKey.of(leader.payload).digest()
         claimer = self._claimer(leader.queue)
         ids = gather_partners(
-            leader.payload.n, leader.payload.exact, lambda capacity: claimer.claim(digest, capacity), self.policy
+            leader.payload.n,
+            leader.payload.exact,
+            lambda capacity: claimer.claim(digest, capacity),
+            self.policy,
+            advisor=self.wait_advisor,
         )
         if not ids:
             return []

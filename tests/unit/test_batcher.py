@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.batcher import BatchPolicy, gather_partners
+from worker.batcher import BatchPolicy, WaitAdvisor, gather_partners
 
 
 class FakeClock:
@@ -74,3 +74,41 @@ def test_zero_wait_still_takes_partners_already_queued() -> None:
     policy = BatchPolicy(max_images=8, max_wait_s=0.0)
     got = gather_partners(1, False, lambda c: [("a", 1)] if c == 7 else [], policy, clock=clock, sleep=clock.sleep)
     assert got == ["a"] and clock.sleeps == []
+
+
+def _gather(advisor: WaitAdvisor, offers: list[list[tuple[str, int]]]) -> tuple[list[str], float]:
+    """One gather with ``offers`` as successive claim answers (then nothing); ids and time waited."""
+    clock = FakeClock()
+    queue = list(offers)
+    got = gather_partners(1, False, lambda c: queue.pop(0) if queue else [], POLICY, clock=clock,
+                          sleep=clock.sleep, advisor=advisor)  # fmt: skip
+    return got, round(clock.now - 100.0, 9)
+
+
+def test_adaptive_wait_stops_waiting_after_fruitless_waits_but_still_takes_queued_partners() -> None:
+    advisor = WaitAdvisor(patience=3, probe_every=4)
+    for _ in range(3):
+        assert _gather(advisor, []) == ([], POLICY.max_wait_s)
+    # Now it starts at once...
+    assert _gather(advisor, []) == ([], 0.0)
+    # ...but partners already queued are still claimed (and say nothing about waiting).
+    assert _gather(advisor, [[("queued", 1)]]) == (["queued"], 0.0)
+
+
+def test_adaptive_wait_probes_again_and_a_late_partner_restores_waiting() -> None:
+    advisor = WaitAdvisor(patience=2, probe_every=3)
+    for _ in range(2):
+        _gather(advisor, [])
+    waits = [_gather(advisor, [])[1] for _ in range(6)]
+    assert waits == [0.0, 0.0, POLICY.max_wait_s, 0.0, 0.0, POLICY.max_wait_s]  # every 3rd batch probes
+    _gather(advisor, [])
+    _gather(advisor, [])
+    # The probe finds a partner that arrives during the wait: waiting is back for every batch.
+    got, waited = _gather(advisor, [[], [("late", 1)]])
+    assert got == ["late"] and waited > 0
+    assert [_gather(advisor, [])[1] for _ in range(2)] == [POLICY.max_wait_s] * 2
+
+
+def test_adaptive_wait_can_be_switched_off() -> None:
+    advisor = WaitAdvisor(enabled=False, patience=1)
+    assert [_gather(advisor, [])[1] for _ in range(4)] == [POLICY.max_wait_s] * 4
