@@ -15,8 +15,32 @@ from core.errors import UnknownChoice
 
 
 @dataclass(frozen=True)
+class EmbeddingSpec:
+    """A textual-inversion embedding (safetensors) usable in prompts by its ``token``."""
+
+    token: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ControlNetSpec:
+    """A ControlNet a request may name: a diffusers ControlNetModel folder or hub id.
+
+    ``preprocess`` is the default preprocessing of its control images ("none" or "canny").
+    """
+
+    name: str
+    source: str
+    preprocess: str = "none"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """Defaults and limits of one served model. ``max_size`` never exceeds Settings.max_size."""
+    """Defaults and limits of one served model. ``max_size`` never exceeds Settings.max_size.
+
+    ``embeddings``, ``controlnets`` and ``refiner`` (an SDXL refiner's folder or hub id) come
+    from the model registry; none by default.
+    """
 
     id: str
     source: str
@@ -28,12 +52,18 @@ class ModelSpec:
     default_scheduler: str
     default_guidance: float
     modes: tuple[str, ...] = ("txt2img", "img2img", "inpaint")
+    embeddings: tuple[EmbeddingSpec, ...] = ()
+    controlnets: tuple[ControlNetSpec, ...] = ()
+    refiner: str | None = None
 
     def public(self) -> dict[str, Any]:
-        """The shape ``GET /v1/models`` shows (no local paths)."""
+        """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
         data = asdict(self)
         data.pop("source")
         data["modes"] = list(self.modes)
+        data["embeddings"] = [e.token for e in self.embeddings]
+        data["controlnets"] = [{"name": c.name, "preprocess": c.preprocess} for c in self.controlnets]
+        data["refiner"] = self.refiner is not None
         return data
 
 
