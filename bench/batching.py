@@ -50,6 +50,9 @@ class ModelCase:
     raw_images: int  # per batch size (rounded up to whole batches)
     clients: tuple[int, ...]
     requests_per_client: dict[int, int]
+    device: str = "cpu"
+    #: "s3" (SeaweedFS, as in production) or "local" (a folder: where no S3 server can be started)
+    storage: str = "s3"
 
 
 CASES = {
@@ -58,11 +61,25 @@ CASES = {
     "tiny": ModelCase("tiny", 64, 20, "float32", (1, 2, 4, 8), 96, (1, 4, 16), {1: 40, 4: 24, 16: 16}),
     # ~15 s per image here: fewer points (batch 1 and 4; 1 client x 3 requests, 4 clients x 1).
     "sd15": ModelCase("sd15", 256, 20, "bfloat16", (1, 4), 4, (1, 4), {1: 3, 4: 1}),
+    # The product's real setting: SD 1.5 at 512 px in float16 on a CUDA GPU (run on a lent GPU
+    # machine, which has no S3 server, so images go to the local store; everything else is the same).
+    "sd15-cuda": ModelCase(
+        "sd15-cuda",
+        512,
+        20,
+        "float16",
+        (1, 2, 4, 8),
+        32,
+        (1, 4, 16),
+        {1: 12, 4: 8, 16: 4},
+        device="cuda",
+        storage="local",
+    ),
 }
 
 
 def model_folder(case: ModelCase, data_dir: Path) -> Path:
-    if case.name == "tiny":
+    if case.name.startswith("tiny"):
         from worker.tiny import ensure_tiny_model
 
         return ensure_tiny_model(data_dir)
@@ -81,13 +98,16 @@ def raw_pipeline(case: ModelCase, folder: Path) -> list[dict[str, Any]]:
     )
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    pipe.to(case.device)
 
     def call(batch: int, steps: int, offset: int) -> None:
         prompts = [f"raw prompt {offset + i}" for i in range(batch)]
-        generators = [torch.Generator().manual_seed(offset + i) for i in range(batch)]
+        generators = [torch.Generator(case.device).manual_seed(offset + i) for i in range(batch)]
         with torch.inference_mode():
             pipe(prompt=prompts, negative_prompt=[""] * batch, generator=generators, num_inference_steps=steps,
                  height=case.size, width=case.size, guidance_scale=7.5, output_type="np")  # fmt: skip
+        if case.device == "cuda":
+            torch.cuda.synchronize()
 
     call(1, 2, 0)  # warm-up
     points = []
@@ -200,14 +220,16 @@ def measured_loop(base_url: str, case: ModelCase, clients: int, requests_each: i
 
 
 def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int) -> list[dict[str, Any]]:
+    storage = s3_env(s3, "bench") if s3 is not None else {"SFUMATO_STORAGE": "local"}
     env = service_env(
         redis_url,
         work,
         "bench",
-        **s3_env(s3, "bench"),
+        **storage,
         **NO_LIMITS,
         SFUMATO_MODEL=str(folder),
         SFUMATO_MODEL_ID=case.name,
+        SFUMATO_DEVICE=case.device,
         SFUMATO_DTYPE=case.dtype,
         SFUMATO_MAX_BATCH=str(max_batch),
         SFUMATO_AUTH_ENABLED="false",
@@ -233,6 +255,17 @@ def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, 
         worker.stop()
         api.stop()
     return points
+
+
+def machine(case: ModelCase) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpus": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
+    if case.device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
 
 
 def summarise(raw: list[dict[str, Any]], svc: list[dict[str, Any]]) -> dict[str, Any]:
@@ -263,18 +296,21 @@ def main() -> None:
         raw = raw_pipeline(case, folder)
         gc.collect()
         redis = start_redis(work / "redis")
-        s3 = start_seaweed(work / "s3", bucket="bench")
+        s3 = start_seaweed(work / "s3", bucket="bench") if case.storage == "s3" else None
         try:
             svc = service(case, folder, work, redis.url, s3, 1) + service(case, folder, work, redis.url, s3, 8)
         finally:
-            s3.stop()
+            if s3 is not None:
+                s3.stop()
             redis.stop()
     result = {
         "model": case.name,
         "size": case.size,
         "steps": case.steps,
         "dtype": case.dtype,
-        "machine": {"cpus": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
+        "device": case.device,
+        "storage": case.storage,
+        "machine": machine(case),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "raw_pipeline": raw,
         "service": svc,

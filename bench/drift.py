@@ -7,6 +7,7 @@ and at the front, middle and back of batches of other requests, and writes
 
     python -m bench.drift --model tiny            # float32 and bfloat16, ~1 min
     python -m bench.drift --model sd15            # bfloat16, 256 px, ~4 min here
+    python -m bench.drift --model sd15-cuda       # float16 and float32, 512 px, on a CUDA GPU
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from worker.engine import Engine
 CASES: dict[str, dict[str, Any]] = {
     "tiny": {"dtypes": ("float32", "bfloat16"), "size": 64, "steps": 20, "batches": (2, 4, 8)},
     "sd15": {"dtypes": ("bfloat16",), "size": 256, "steps": 20, "batches": (4,)},
+    # On a CUDA GPU (a lent machine): the product's setting, float16 at 512 px; float32 as the reference.
+    "sd15-cuda": {"dtypes": ("float16", "float32"), "size": 512, "steps": 20, "batches": (4, 8), "device": "cuda"},
 }
 
 
@@ -45,8 +48,8 @@ def compare(alone: np.ndarray, batched: np.ndarray) -> dict[str, float]:
 
 def measure(model: str, dtype: str, data_dir: Path) -> list[dict[str, Any]]:
     case = CASES[model]
-    overrides: dict[str, Any] = {"dtype": dtype}
-    if model == "sd15":
+    overrides: dict[str, Any] = {"dtype": dtype, "device": case.get("device", "cpu")}
+    if model.startswith("sd15"):
         from bench.sd15_random import ensure_sd15_random
 
         overrides.update(model=str(ensure_sd15_random(data_dir)), model_id="sd15")
