@@ -20,7 +20,9 @@ def _load(name: str) -> dict[str, Any] | None:
 def batching_table(data: dict[str, Any]) -> str:
     raw = {p["batch"]: p["images_per_s"] for p in data["raw_pipeline"]}
     lines = [
-        f"{data['model']} ({data['size']} px, {data['steps']} steps, {data['dtype']}), measured {data['measured_at']}:",
+        f"{data['model']} ({data['size']} px, {data['steps']} steps, {data['dtype']}"
+        + (f", {data['machine']['gpu']}" if data.get("machine", {}).get("gpu") else "")
+        + f"), measured {data['measured_at']}:",
         "",
         "| setup | clients | images/s | p50 s | p95 s | mean batch |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -62,7 +64,7 @@ def chaos_table(data: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    for name in ("batching-tiny.json", "batching-sd15.json"):
+    for name in ("batching-tiny.json", "batching-sd15.json", "batching-sd15-cuda.json"):
         data = _load(name)
         if data:
             print(batching_table(data), end="\n\n")
