@@ -19,10 +19,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from rq.exceptions import AbandonedJobError
+from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.utils import now
+
+from core.errors import ErrorDict
+from worker.metrics import job_ended
 
 if TYPE_CHECKING:
     from worker.runner import SfumatoWorker
@@ -39,6 +44,8 @@ class Liveness:
         self.reap_every = max(1, round(settings.reaper_interval_s / self.heartbeat_s))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sfumato-liveness", daemon=True)
+        # RQ's own maintenance sweeps abandoned jobs too, with the worker's exception handlers.
+        worker.push_exc_handler(count_abandoned)
 
     def start(self) -> None:
         self._thread.start()
@@ -76,5 +83,23 @@ class Liveness:
             lock = f"{worker.settings.queue_prefix}:reaper:{queue.name}"
             if not worker.connection.set(lock, worker.name, nx=True, ex=max(1, int(worker.settings.reaper_interval_s))):
                 continue
-            queue.started_job_registry.cleanup()
+            queue.started_job_registry.cleanup(exception_handlers=[count_abandoned])
             queue.intermediate_queue.cleanup(worker, queue)
+
+
+def count_abandoned(job: Job, *exc_info: Any) -> None:
+    """RQ calls this for each abandoned job before re-queuing or failing it (from our reaper and
+    from its own maintenance; as a worker exception handler it also sees ordinary failures, which
+    the runner counts itself). A job with no attempts left fails there as ``worker_lost``,
+    outside any worker's completion path, so it is counted here (``sfumato_jobs_finished_total``)
+    or it would be counted nowhere."""
+    if not exc_info or exc_info[0] is not AbandonedJobError:
+        return
+    if job.retries_left and job.retries_left > 0:
+        return
+    try:
+        model = str(job.args[0]["model"])
+    except (IndexError, KeyError, TypeError):
+        model = "unknown"
+    error = ErrorDict(code="worker_lost", message="the worker running this job died on its last attempt", param=None)
+    job_ended(job, model, "failed", error)

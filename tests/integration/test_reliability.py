@@ -19,6 +19,7 @@ from core.net import free_port
 from core.redis_server import start_redis
 from tests.support.env import FAST_LIVENESS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
+from tests.support.scrape import Scrape
 from tests.support.seaweed import start_seaweed
 
 pytestmark = pytest.mark.timeout(600)
@@ -112,9 +113,15 @@ def test_a_job_that_kills_every_worker_fails_as_worker_lost_after_its_attempts(s
         wait_until(next_attempt_running, 120, "the next attempt to start", stack.api)
         started_at = stack.status(job_id)["started_at"]
         stack.workers[-1].kill()
-        stack.add_worker()
+        metrics_port = free_port()
+        stack.add_worker(SFUMATO_WORKER_METRICS_PORT=str(metrics_port))
     done = stack.wait_status(job_id, FINAL, timeout_s=120)
     assert done["status"] == "failed" and done["error"]["code"] == "worker_lost", done
+    # The worker whose reaper failed it counts it: no worker's own completion path saw it.
+    lost = Scrape.of(f"http://127.0.0.1:{metrics_port}").value(
+        "sfumato_jobs_finished_total", state="failed", code="worker_lost"
+    )
+    assert lost == 1
     # The fleet survives the poison job.
     assert stack.client.post("/v1/images?wait=60", json={"prompt": "next", "steps": 2}).json()["status"] == "succeeded"
 
