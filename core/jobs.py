@@ -129,7 +129,7 @@ class JobStore:
         with redis_errors(), self.connection.pipeline() as pipe:
             job = queue.enqueue_call(
                 GENERATE_FUNC,
-                args=[payload.model_dump(mode="json")],
+                args=[wire_payload(payload)],
                 job_id=payload.job_id,
                 timeout=self.settings.job_timeout_s,
                 result_ttl=self.settings.result_ttl_s,
@@ -198,6 +198,28 @@ class JobStore:
     def ping(self) -> bool:
         with redis_errors():
             return bool(self.connection.ping())
+
+
+def wire_payload(payload: JobPayload) -> dict[str, Any]:
+    """The payload as queue JSON, leaving out optional fields that hold their empty default.
+
+    ``JobPayload`` forbids unknown fields, so a worker from before a feature (LoRAs, ControlNet,
+    a refiner...) would reject every job that carries the feature's field, even empty, during a
+    rolling deploy. Left out, the old worker takes plain jobs, and a new worker fills the same
+    default back in; only jobs that use the feature need the new workers.
+    """
+    data = payload.model_dump(mode="json")
+    for name, field in JobPayload.model_fields.items():
+        if field.is_required() or name not in data:
+            continue
+        default = field.get_default(call_default_factory=True)
+        value = data[name]  # in JSON form: a tuple default is a list here
+        empty_default = (
+            default is None or default is False or (isinstance(default, list | tuple | dict) and not default)
+        )
+        if empty_default and (value is None or value is False or value == [] or value == {}):
+            del data[name]
+    return data
 
 
 def cancel_key(settings: Settings, job_id: str) -> str:

@@ -19,7 +19,7 @@ from rq.serializers import JSONSerializer
 
 from core.config import Settings
 from core.errors import JobConflict, JobNotFound, QueueUnavailable
-from core.jobs import GENERATE_FUNC, META_ERROR, META_TENANT, JobStore, cancel_key, connect, new_job_id
+from core.jobs import GENERATE_FUNC, META_ERROR, META_TENANT, JobStore, cancel_key, connect, new_job_id, wire_payload
 from core.models import queue_name
 from core.net import free_port
 from core.schemas import JobPayload, JobResult, StoredImage, Timings
@@ -119,7 +119,7 @@ def test_enqueue_stores_json_not_pickle(store: JobStore, clean_redis: redis.Redi
     assert not data.startswith(b"\x80")
     func, instance, args, kwargs = json.loads(data)
     assert func == GENERATE_FUNC and instance is None and kwargs == {}
-    assert args == [payload.model_dump(mode="json")]
+    assert args == [wire_payload(payload)] and JobPayload.model_validate(args[0]) == payload
     assert json.loads(raw[b"meta"]) == {META_TENANT: TENANT}
     assert "a lighthouse" not in raw[b"meta"].decode()  # prompts stay out of meta
     # Every other field is plain text, not a serialized object.
