@@ -184,8 +184,13 @@ def test_co_batched_images_equal_solo_runs(engine: Engine, mode: str, scheduler:
     second = payload(job_id="b", prompt="a red dog in the sky", seed=99, n=1, **extra, **second_fields)
     together = engine.generate_arrays([first, second])
     assert [batch.shape[0] for batch in together] == [2, 1]
-    np.testing.assert_allclose(together[0], engine.generate_arrays([first])[0], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(together[1], engine.generate_arrays([second])[0], atol=1e-5, rtol=0)
+    # The batching issue's 1e-5 bound is for txt2img and img2img (tests/integration/
+    # test_batch_invariance.py). Inpainting's 9-channel UNet input drifts further in batched
+    # float32 kernels on some CPUs: 1.1e-5 on one value in 24,576 on an AMD EPYC (2026-12-04),
+    # ~1e-6 elsewhere; the 8-bit check below is the same for every mode.
+    atol = 2e-5 if mode == "inpaint" else 1e-5
+    np.testing.assert_allclose(together[0], engine.generate_arrays([first])[0], atol=atol, rtol=0)
+    np.testing.assert_allclose(together[1], engine.generate_arrays([second])[0], atol=atol, rtol=0)
     pil_together = engine.generate([first, second])
     pil_alone = engine.generate([second])
     diff = np.abs(np.asarray(pil_together[1][0], np.int16) - np.asarray(pil_alone[0][0], np.int16))
