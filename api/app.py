@@ -12,7 +12,7 @@ from api.hardening import install_middleware
 from api.metrics import install_observability
 from api.routes import admin_keys, events, files, health, images, models, openai_images, webhooks
 from api.services import ApiServices
-from api.startup import announce_auth_mode, seed_keys_from_file
+from api.startup import announce_auth_mode, check_models, seed_keys_from_file
 from api.webhook_sender import webhook_sender
 from core.config import Settings, get_settings
 
@@ -26,6 +26,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = ApiServices.build(settings)
         app.state.services = services
         announce_auth_mode(settings)
+        check_models(settings)
         seed_keys_from_file(services)
         try:
             async with webhook_sender(services):  # api/webhook_sender.py: deliveries of ended jobs

@@ -70,7 +70,11 @@ _DOCUMENTED: dict[int, dict[str, Any]] = {
         "description": "A rate limit, quota or the queue cap; param names it (code rate_limited or queue_full)",
         "headers": _RETRY_AFTER,
     },
-    503: {"description": "Queue or storage unavailable; retry after Retry-After", "headers": _RETRY_AFTER},
+    503: {
+        "description": "Queue or storage unavailable, or no live worker serves the model (code no_worker); "
+        "retry after Retry-After",
+        "headers": _RETRY_AFTER,
+    },
     504: {"description": "The images were not ready in time (code timeout); the job was canceled"},
 }
 #: What any route behind an API key may answer besides its own outcomes.
@@ -113,7 +117,7 @@ def _headers_for(exc: SfumatoError, status: int) -> dict[str, str]:
     if isinstance(exc, RateLimited):
         return {"Retry-After": str(exc.retry_after_s)}
     if status == 503:
-        return {"Retry-After": str(QueueUnavailable.retry_after_s)}
+        return {"Retry-After": str(getattr(exc, "retry_after_s", QueueUnavailable.retry_after_s))}
     if isinstance(exc, Unauthorized):
         challenge = 'Bearer realm="sfumato"'
         if exc.token_presented:  # RFC 6750 section 3.1

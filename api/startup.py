@@ -9,6 +9,7 @@ from api.services import ApiServices
 from core.config import Settings
 from core.errors import QueueUnavailable
 from core.keyfile import read_key_file, seed_keys
+from core.models import served_models
 
 log = logging.getLogger("sfumato.api")
 
@@ -27,6 +28,13 @@ def announce_auth_mode(settings: Settings) -> None:
     if settings.api_host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("... and the API listens on %s, which is NOT loopback only.", settings.api_host)
     log.warning("!" * 100)
+
+
+def check_models(settings: Settings) -> None:
+    """Read the model registry once at start-up: a broken SFUMATO_MODELS_FILE stops the API
+    here (the error names the model and the field) instead of failing every request."""
+    models = served_models(settings)
+    log.info("serving %d model(s): %s", len(models), ", ".join(models))
 
 
 def seed_keys_from_file(services: ApiServices) -> None:

@@ -1,8 +1,9 @@
 """Submitting a job: the one path ``POST /v1/images`` and ``POST /v1/images/generations`` share.
 
 Order matters and is the same for both: validate (a refused request costs nothing), check the
-webhook URL, claim the Idempotency-Key, admit against the key's quotas, register the webhook,
-enqueue. Whatever fails after a claim or an admission gives it back.
+webhook URL, claim the Idempotency-Key, check that a worker serves the model, admit against the
+key's quotas, register the webhook, enqueue. Whatever fails after a claim or an admission gives
+it back.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from starlette.concurrency import run_in_threadpool
 
 from api.services import ApiServices
 from core.apikeys import Principal
+from core.errors import NoWorker
 from core.idempotency import fingerprint
-from core.jobs import new_job_id
+from core.jobs import new_job_id, redis_errors
+from core.presence import live_workers
 from core.schemas import ImageRequest, JobPayload
 from core.validation import normalize_request
 
@@ -48,6 +51,7 @@ async def submit(
         if claim.replay:
             return Submitted(claim.job_id, replayed=True)
     try:
+        await run_in_threadpool(_check_served, payload, services)
         admission = await run_in_threadpool(services.quotas.admit, principal, payload)
         try:
             await _enqueue(body, payload, services)
@@ -59,6 +63,23 @@ async def submit(
             await run_in_threadpool(services.idempotency.release, tenant, idempotency_key)
         raise
     return Submitted(payload.job_id, replayed=False, payload=payload)
+
+
+def _check_served(payload: JobPayload, services: ApiServices) -> None:
+    """Refuse (503 no_worker, nothing queued) a job for a model no live worker serves, unless
+    the operator scales from zero (SFUMATO_QUEUE_WITHOUT_WORKERS): a request must never wait
+    silently in a queue nobody reads. A replayed Idempotency-Key never gets here."""
+    settings = services.settings
+    if settings.resolved_queue_without_workers:
+        return
+    with redis_errors():
+        workers = live_workers(services.jobs.connection, settings, payload.model)
+    if workers == 0:
+        raise NoWorker(
+            f"no worker serves model {payload.model!r} at the moment, so nothing was queued; "
+            "retry later, or choose another model (GET /v1/models shows live workers per model)",
+            param="model",
+        )
 
 
 async def _enqueue(body: ImageRequest, payload: JobPayload, services: ApiServices) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from api.services import ApiServices
 from core.jobs import JobRecord, redis_errors
+from core.presence import live_workers
 from core.progress import latest_progress, queue_position
 from core.schemas import BatchInfo, ErrorBody, ImageOut, JobView, ProgressView, Timings, WebhookView
 from core.storage import LocalStore, S3Store
@@ -18,6 +20,7 @@ class JobExtras:
     progress: ProgressView | None = None
     queue_position: int | None = None
     webhook: WebhookView | None = None
+    waiting_for: Literal["no_worker"] | None = None
 
 
 def read_extras(services: ApiServices, record: JobRecord) -> JobExtras:
@@ -25,11 +28,16 @@ def read_extras(services: ApiServices, record: JobRecord) -> JobExtras:
     connection, settings = services.jobs.connection, services.settings
     job_id = record.payload.job_id
     with redis_errors():
-        position = None
+        position: int | None = None
+        waiting_for: Literal["no_worker"] | None = None
         if record.status == "queued":
             position = queue_position(connection, settings, record.payload.model, job_id)
+            if live_workers(connection, settings, record.payload.model) == 0:
+                waiting_for = "no_worker"  # queued with scale-from-zero: say so, never silently stuck
         progress = latest_progress(connection, settings, job_id) if record.status != "queued" else None
-    return JobExtras(progress=progress, queue_position=position, webhook=services.webhooks.view(job_id))
+    return JobExtras(
+        progress=progress, queue_position=position, webhook=services.webhooks.view(job_id), waiting_for=waiting_for
+    )
 
 
 def _absolute(url: str, base_url: str) -> str:
@@ -74,6 +82,7 @@ def job_view(
         batch=batch,
         error=ErrorBody(**record.error) if record.error else None,
         queue_position=extras.queue_position if extras else None,
+        waiting_for=extras.waiting_for if extras else None,
         progress=extras.progress if extras else None,
         webhook=extras.webhook if extras else None,
     )

@@ -27,6 +27,11 @@ class BatchKey:
     strength: float | None
     exact: bool = False
     loras: tuple[tuple[str, float], ...] = ()
+    #: (name, scale, start, end, preprocess) per ControlNet unit, in request order (it pairs
+    #: names with the per-image control images, which vary inside a batch).
+    controlnets: tuple[tuple[str, float, float, float, str], ...] = ()
+    #: SDXL refiner handoff point (fraction of the steps the base runs); None: no refiner.
+    refiner_switch_at: float | None = None
 
     @classmethod
     def of(cls, payload: JobPayload) -> BatchKey:
@@ -43,6 +48,8 @@ class BatchKey:
             exact=payload.exact,
             # Sorted so that the order a client listed its LoRAs in never splits a batch.
             loras=tuple(sorted((lora.name, lora.scale) for lora in payload.loras)),
+            controlnets=tuple((c.name, c.scale, c.start, c.end, c.preprocess) for c in payload.controlnet),
+            refiner_switch_at=None if payload.refiner is None else payload.refiner.switch_at,
         )
 
     def digest(self) -> str:

@@ -48,8 +48,27 @@ class Settings(BaseSettings):
     public_url: str | None = Field(default=None, description="Base URL clients use to reach the API.")
 
     # --- model --------------------------------------------------------------------------
-    model: str = Field(default="tiny", description="'tiny', a local diffusers folder or a hub id.")
+    model: str = Field(
+        default="tiny", description="'tiny', 'tiny-sdxl' (built-in tiny SDXL), a local diffusers folder or a hub id."
+    )
     model_id: str | None = Field(default=None, description="Public model name (default: derived from model).")
+    refiner: str | None = Field(
+        default=None,
+        description="SDXL refiner of SFUMATO_MODEL (an SDXL model): 'tiny-sdxl-refiner', a local diffusers "
+        "folder or a hub id; only its UNet is loaded (text_encoder_2 and VAE are the base's). Unset: none.",
+    )
+    models_file: Path | None = Field(
+        default=None,
+        description='TOML model registry (README "Models"); replaces SFUMATO_MODEL/SFUMATO_MODEL_ID when set.',
+    )
+    worker_model: str | None = Field(
+        default=None, description="Registry model id this worker serves (default: the registry's first model)."
+    )
+    queue_without_workers: bool | None = Field(
+        default=None,
+        description="Queue requests for a model no live worker serves (scale from zero) instead of 503 no_worker. "
+        "Default: true without SFUMATO_MODELS_FILE, false with it.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where the worker runs the model.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="'auto': float16 on CUDA, float32 on CPU."
@@ -69,6 +88,14 @@ class Settings(BaseSettings):
     lora_cache_size: int = Field(default=8, ge=1, le=256, description="LoRA adapters a worker keeps loaded (LRU).")
     lora_cache_bytes: int = Field(
         default=1024 * 1024 * 1024, ge=1024, description="Bytes of loaded LoRA weights a worker keeps (LRU)."
+    )
+
+    # --- ControlNet (see README "ControlNet") ---------------------------------------------
+    max_controlnets: int = Field(
+        default=2, ge=0, le=8, description="Most ControlNets one request may combine; 0 = ControlNet off."
+    )
+    controlnet_cache_size: int = Field(
+        default=2, ge=1, le=64, description="ControlNet models a worker keeps loaded (LRU by count)."
     )
 
     # --- request limits (enforced by the API before anything is enqueued) ----------------
@@ -217,10 +244,11 @@ class Settings(BaseSettings):
 
     @property
     def resolved_max_body_bytes(self) -> int:
-        """The body limit in force: explicit, or room for an image and a mask at the upload limit."""
+        """The body limit in force: explicit, or room for an image, a mask and
+        ``max_controlnets`` control images at the upload limit."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return 2 * (self.max_upload_bytes * 4 // 3 + 4) + 64 * 1024
+        return (2 + self.max_controlnets) * (self.max_upload_bytes * 4 // 3 + 4) + 64 * 1024
 
     @property
     def cors_origins(self) -> list[str]:
@@ -242,6 +270,17 @@ class Settings(BaseSettings):
     @property
     def resolved_local_storage_dir(self) -> Path:
         return self.local_storage_dir or self.data_dir / "images"
+
+    @property
+    def resolved_queue_without_workers(self) -> bool:
+        """Whether a request for a model with no live worker is queued (True) or refused (503).
+
+        Unset: a single-model deployment (no registry) queues, as it always did, so a worker
+        that starts later picks the jobs up; a registry deployment refuses, so a request for a
+        model nobody serves is never silently stuck."""
+        if self.queue_without_workers is not None:
+            return self.queue_without_workers
+        return self.models_file is None
 
     @property
     def resolved_model_id(self) -> str:

@@ -91,6 +91,22 @@ class ModelUnavailable(SfumatoError):
     code = "model_unavailable"
 
 
+class RegistryInvalid(ModelUnavailable):
+    """The model registry file (SFUMATO_MODELS_FILE) is unreadable or invalid; the message
+    names the model and the field. Stops the API and workers at start-up."""
+
+    code = "model_registry_invalid"
+
+
+class NoWorker(ModelUnavailable):
+    """No live worker serves the requested model (HTTP 503 + ``Retry-After``); nothing was
+    queued. Operators who scale from zero set SFUMATO_QUEUE_WITHOUT_WORKERS=true instead."""
+
+    code = "no_worker"
+    #: A worker takes a while to start (model load, warm-up): no point retrying every 2 s.
+    retry_after_s = 10
+
+
 class OutOfMemory(GenerationFailed):
     """The device ran out of memory; the runner retries in smaller batches before failing a job."""
 

@@ -1,6 +1,7 @@
 """The LoRA catalogue: which LoRAs a deployment offers, by name, from one folder.
 
-A LoRA is the file ``<name>.safetensors`` in ``Settings.resolved_lora_dir``. The API lists the
+A LoRA is the file ``<name>.safetensors`` in its model's LoRA folder: the registry entry's
+``lora_dir``, else ``Settings.resolved_lora_dir`` (see :func:`lora_folder`). The API lists the
 folder to validate requests (reading names only: it never opens a file and never imports
 torch); the worker loads the same file by the same name. Both must therefore see the same
 folder (one volume mounted in both, or the same path on one host).
@@ -14,8 +15,12 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from core.config import Settings
+
+if TYPE_CHECKING:
+    from core.models import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -30,13 +35,23 @@ def valid_name(name: str) -> bool:
     return NAME_PATTERN.fullmatch(name) is not None
 
 
-def available_loras(settings: Settings) -> list[str]:
-    """The names of the LoRAs offered, sorted; empty when the folder does not exist.
+def lora_folder(settings: Settings, model: ModelSpec | None = None) -> Path:
+    """The LoRA folder of ``model``: its registry ``lora_dir``, else the global one.
+
+    Per model because a LoRA is trained for one architecture (an SD 1.5 LoRA does not fit
+    SDXL), so each model offers only its own catalogue."""
+    if model is not None and model.lora_dir is not None:
+        return Path(model.lora_dir)
+    return settings.resolved_lora_dir
+
+
+def available_loras(settings: Settings, model: ModelSpec | None = None) -> list[str]:
+    """The names of the LoRAs ``model`` offers, sorted; empty when the folder does not exist.
 
     Read on every call (a directory listing costs microseconds), so a LoRA copied into the
     folder is offered at once, without restarting anything.
     """
-    folder = settings.resolved_lora_dir
+    folder = lora_folder(settings, model)
     try:
         entries = list(folder.iterdir())
     except FileNotFoundError:
@@ -51,8 +66,8 @@ def available_loras(settings: Settings) -> list[str]:
     return sorted(names)
 
 
-def lora_path(settings: Settings, name: str) -> Path:
+def lora_path(settings: Settings, name: str, model: ModelSpec | None = None) -> Path:
     """The file of LoRA ``name``; ValueError for a name that is not a valid LoRA name."""
     if not valid_name(name):
         raise ValueError(f"invalid LoRA name {name!r}")
-    return settings.resolved_lora_dir / f"{name}{SUFFIX}"
+    return lora_folder(settings, model) / f"{name}{SUFFIX}"

@@ -1,17 +1,21 @@
 """What a model is to the service: its public name, family, defaults and size limits.
 
 The catalogue is derived from Settings so the API (which validates) and the worker (which
-serves) agree without talking to each other. A registry file with several models replaces
-:func:`served_models` later; callers only see :class:`ModelSpec`.
+serves) agree without talking to each other: either the model registry file
+(``SFUMATO_MODELS_FILE``, see core/registry.py) with any number of models, or, without it, the
+one model of ``SFUMATO_MODEL``. Callers only see :class:`ModelSpec`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from core.config import Settings
-from core.errors import UnknownChoice
+from core.errors import ModelUnavailable, UnknownChoice
+from core.registry import ModelEntry, read_registry, registry_label, resolve_path, resolve_source
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,9 @@ class ModelSpec:
     """Defaults and limits of one served model. ``max_size`` never exceeds Settings.max_size.
 
     ``embeddings``, ``controlnets`` and ``refiner`` (an SDXL refiner's folder or hub id) come
-    from the model registry; none by default.
+    from the model registry; none by default. ``sizes``: when not empty, the only (width,
+    height) pairs a request may ask for. ``lora_dir``: this model's LoRA folder (None: the
+    global SFUMATO_LORA_DIR). Paths here are absolute and never shown to clients.
     """
 
     id: str
@@ -55,11 +61,15 @@ class ModelSpec:
     embeddings: tuple[EmbeddingSpec, ...] = ()
     controlnets: tuple[ControlNetSpec, ...] = ()
     refiner: str | None = None
+    sizes: tuple[tuple[int, int], ...] = ()
+    lora_dir: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
         data = asdict(self)
         data.pop("source")
+        data.pop("lora_dir")
+        data["sizes"] = [list(size) for size in self.sizes]
         data["modes"] = list(self.modes)
         data["embeddings"] = [e.token for e in self.embeddings]
         data["controlnets"] = [{"name": c.name, "preprocess": c.preprocess} for c in self.controlnets]
@@ -80,6 +90,8 @@ def _spec_for(settings: Settings) -> ModelSpec:
             default_scheduler="ddim",
             default_guidance=7.5,
         )
+    if settings.model == "tiny-sdxl" or is_sdxl_folder(settings.model):
+        return _sdxl_spec_for(settings)
     return ModelSpec(
         id=settings.resolved_model_id,
         source=settings.model,
@@ -93,10 +105,103 @@ def _spec_for(settings: Settings) -> ModelSpec:
     )
 
 
+def is_sdxl_folder(source: str) -> bool:
+    """Whether ``source`` is a local diffusers folder of an SDXL pipeline (its model_index.json
+    names a ``StableDiffusionXL*`` class). Hub ids are not looked up: name their family in
+    the model registry."""
+    index = Path(source).expanduser() / "model_index.json"
+    try:
+        class_name = json.loads(index.read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(class_name, str) and class_name.startswith("StableDiffusionXL")
+
+
+def _sdxl_spec_for(settings: Settings) -> ModelSpec:
+    """SFUMATO_MODEL is the built-in tiny SDXL or an SDXL folder; SFUMATO_REFINER its refiner."""
+    tiny = settings.model == "tiny-sdxl"
+    return ModelSpec(
+        id=settings.resolved_model_id,
+        source=settings.model,
+        family="sdxl",
+        default_width=64 if tiny else 1024,
+        default_height=64 if tiny else 1024,
+        max_size=min(256 if tiny else 2048, settings.max_size),
+        default_steps=20 if tiny else 30,
+        default_scheduler="ddim" if tiny else "dpmpp_2m_karras",
+        default_guidance=5.0,
+        refiner=settings.refiner,
+    )
+
+
+#: Per family: default width/height, largest side, steps, scheduler, guidance.
+_FAMILY_DEFAULTS: dict[str, tuple[int, int, int, str, float]] = {
+    "tiny": (64, 256, 20, "ddim", 7.5),
+    "sd1": (512, 1024, 30, "dpmpp_2m_karras", 7.0),
+    "sd2": (768, 1024, 30, "dpmpp_2m_karras", 7.0),
+    "sdxl": (1024, 2048, 30, "dpmpp_2m_karras", 5.0),
+}
+
+
+def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str) -> ModelSpec:
+    """A registry entry with the family's defaults filled in and paths made absolute."""
+    side, largest, steps, scheduler, guidance = _FAMILY_DEFAULTS[entry.family]
+    if entry.source == "tiny-sdxl":  # the built-in tiny SDXL: tiny sizes, SDXL guidance
+        side, largest, steps, scheduler = _FAMILY_DEFAULTS["tiny"][:4]
+    sizes = tuple(entry.sizes or ())
+    max_size = min(entry.max_size or largest, settings.max_size)
+    if sizes:
+        too_big = [f"{w}x{h}" for w, h in sizes if max(w, h) > max_size]
+        if too_big:
+            raise ModelUnavailable(
+                f"{where}: model {entry.id!r}: sizes {', '.join(too_big)} exceed its max_size {max_size} "
+                f"(capped by SFUMATO_MAX_SIZE={settings.max_size}); raise the limit or drop those sizes"
+            )
+        max_size = max(max(w, h) for w, h in sizes)
+    first = sizes[0] if sizes else (side, side)
+    width = entry.default_width or min(first[0], max_size)
+    height = entry.default_height or min(first[1], max_size)
+    if max(width, height) > max_size:
+        raise ModelUnavailable(
+            f"{where}: model {entry.id!r}: default size {width}x{height} is above its max_size {max_size} "
+            f"(max_size is capped by SFUMATO_MAX_SIZE={settings.max_size})"
+        )
+    if sizes and (width, height) not in sizes:
+        raise ModelUnavailable(f"{where}: model {entry.id!r}: default size {width}x{height} is not one of its sizes")
+    return ModelSpec(
+        id=entry.id,
+        source=resolve_source(entry.source, base),
+        family=entry.family,
+        default_width=width,
+        default_height=height,
+        max_size=max_size,
+        default_steps=entry.default_steps or steps,
+        default_scheduler=entry.default_scheduler or scheduler,
+        default_guidance=guidance if entry.default_guidance is None else entry.default_guidance,
+        embeddings=tuple(EmbeddingSpec(e.token, resolve_path(e.path, base)) for e in entry.embeddings),
+        controlnets=tuple(
+            ControlNetSpec(c.name, resolve_source(c.source, base), c.preprocess) for c in entry.controlnets
+        ),
+        refiner=None if entry.refiner is None else resolve_source(entry.refiner, base),
+        sizes=sizes,
+        lora_dir=None if entry.lora_dir is None else resolve_path(entry.lora_dir, base),
+    )
+
+
 def served_models(settings: Settings) -> dict[str, ModelSpec]:
-    """Model id -> spec for every model this deployment serves."""
-    spec = _spec_for(settings)
-    return {spec.id: spec}
+    """Model id -> spec for every model this deployment serves, in registry order.
+
+    Raises :class:`~core.errors.RegistryInvalid` (or ModelUnavailable for defaults that break
+    the model's own limits) naming the model and the field when the registry is wrong.
+    """
+    path = settings.models_file
+    if path is None:
+        spec = _spec_for(settings)
+        return {spec.id: spec}
+    registry = read_registry(path)
+    base = path.resolve().parent
+    specs = [_registry_spec(entry, base, settings, registry_label(path)) for entry in registry.models]
+    return {spec.id: spec for spec in specs}
 
 
 def resolve_model(settings: Settings, name: str | None) -> ModelSpec:
@@ -107,6 +212,22 @@ def resolve_model(settings: Settings, name: str | None) -> ModelSpec:
     if name in models:
         return models[name]
     raise UnknownChoice(f"unknown model {name!r}; valid models: {', '.join(models)}", param="model")
+
+
+def worker_model(settings: Settings) -> ModelSpec:
+    """The one model this worker serves: ``SFUMATO_WORKER_MODEL``, else the first served model.
+
+    Raises :class:`ModelUnavailable` listing the valid ids for an id the registry lacks.
+    """
+    models = served_models(settings)
+    if settings.worker_model is None:
+        return next(iter(models.values()))
+    if settings.worker_model in models:
+        return models[settings.worker_model]
+    raise ModelUnavailable(
+        f"SFUMATO_WORKER_MODEL is {settings.worker_model!r}, which is not a served model; "
+        f"valid models: {', '.join(models)}"
+    )
 
 
 def queue_name(settings: Settings, model_id: str) -> str:

@@ -36,6 +36,59 @@ class LoraWeight(BaseModel):
     scale: float = Field(1.0, allow_inf_nan=False, description="Strength: 0 = off, 1 = as trained.")
 
 
+#: How a control image becomes a control map: "none" (it already is one) or "canny" (edges,
+#: computed on the worker).
+ControlNetPreprocess = Literal["none", "canny"]
+
+
+class ControlNetUnit(BaseModel):
+    """One ControlNet of a request: a name from ``GET /v1/models``, its control image and how
+    strongly and when it steers.
+
+    ``scale`` multiplies the ControlNet's residuals (0 = off); it acts on the denoising steps
+    in the fraction ``start``..``end`` of the schedule (0..1 = all of them). ``preprocess``
+    defaults to the ControlNet's own default from the model registry.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(..., min_length=1, max_length=100, description="ControlNet name from GET /v1/models.")
+    image: str = Field(..., min_length=1, description="Base64 control image (PNG/JPEG/WebP), checked like uploads.")
+    scale: float = Field(1.0, allow_inf_nan=False, description="Conditioning strength: 0 = off, 1 = as trained.")
+    start: float = Field(0.0, allow_inf_nan=False, description="Fraction of the steps at which it starts acting.")
+    end: float = Field(1.0, allow_inf_nan=False, description="Fraction of the steps at which it stops acting.")
+    preprocess: ControlNetPreprocess | None = Field(
+        None, description="'none' (image is a control map) or 'canny' (edges); default: the ControlNet's own."
+    )
+
+
+class ControlNetJob(BaseModel):
+    """A validated ControlNet unit on the queue: the preprocessing resolved, numbers rounded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    image_b64: str
+    scale: float
+    start: float
+    end: float
+    preprocess: ControlNetPreprocess
+
+
+class RefinerSettings(BaseModel):
+    """SDXL refiner of a request (ensemble of experts): the base model denoises the first
+    ``switch_at`` fraction of the schedule, the model's refiner the rest, on the base's latents.
+
+    Only for SDXL models whose registry entry names a refiner (``GET /v1/models``: refiner).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    switch_at: float = Field(
+        0.8, gt=0.0, lt=1.0, allow_inf_nan=False, description="Fraction of the steps the base model runs (0..1)."
+    )
+
+
 class ImageRequest(BaseModel):
     """Body of ``POST /v1/images``. Unset fields take the model's defaults.
 
@@ -74,6 +127,14 @@ class ImageRequest(BaseModel):
     loras: list[LoraWeight] = Field(
         default_factory=list, max_length=64, description="LoRAs to apply, each with its scale (see GET /v1/models)."
     )
+    controlnet: list[ControlNetUnit] = Field(
+        default_factory=list,
+        max_length=16,
+        description="ControlNets to condition on, each with its control image (see GET /v1/models).",
+    )
+    refiner: RefinerSettings | None = Field(
+        None, description="SDXL only: hand the last steps to the model's refiner, e.g. {'switch_at': 0.8}."
+    )
     webhook_url: str | None = Field(
         None, max_length=2048, description="Public http(s) URL POSTed a signed event when the job ends."
     )
@@ -111,6 +172,11 @@ class JobPayload(BaseModel):
     created_at: float
     #: Normalised by core.validation: sorted by name, scales rounded, scale-0 entries dropped.
     loras: tuple[LoraWeight, ...] = ()
+    #: Normalised by core.controlnets: in request order (it pairs names with images), scale-0
+    #: entries dropped.
+    controlnet: tuple[ControlNetJob, ...] = ()
+    #: Normalised by core.validation: switch_at rounded (None: no refiner).
+    refiner: RefinerSettings | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -212,6 +278,11 @@ class JobView(BaseModel):
     error: ErrorBody | None = None
     queue_position: int | None = Field(
         None, description="While queued: jobs ahead of this one in its model's queue (0 = next)."
+    )
+    waiting_for: Literal["no_worker"] | None = Field(
+        None,
+        description="While queued: why it cannot start yet; 'no_worker' = no live worker serves its model "
+        "(it runs once one starts).",
     )
     progress: ProgressView | None = None
     webhook: WebhookView | None = None

@@ -9,11 +9,12 @@ from __future__ import annotations
 import secrets
 
 from core.config import Settings
+from core.controlnets import normalize_controlnets
 from core.errors import InvalidRequest, UnknownChoice
 from core.loras import available_loras
 from core.models import ModelSpec, resolve_model
 from core.scheduler_names import canonical_scheduler
-from core.schemas import MAX_SEED, ImageRequest, JobPayload, LoraWeight, Mode
+from core.schemas import MAX_SEED, ImageRequest, JobPayload, LoraWeight, Mode, RefinerSettings
 from core.uploads import inspect_upload
 
 
@@ -29,6 +30,16 @@ def _check_size(field: str, value: int, settings: Settings, spec: ModelSpec) -> 
     if value < settings.min_size:
         raise InvalidRequest(f"{field} is {value}; the minimum is {settings.min_size}", param=field)
     _check_max(field, value, spec.max_size)
+
+
+def _check_allowed_size(width: int, height: int, spec: ModelSpec) -> None:
+    """A model with a ``sizes`` list in the registry serves only those sizes."""
+    if spec.sizes and (width, height) not in spec.sizes:
+        allowed = ", ".join(f"{w}x{h}" for w, h in spec.sizes)
+        raise InvalidRequest(
+            f"width x height is {width}x{height}; model {spec.id!r} allows only these sizes: {allowed}",
+            param="width",
+        )
 
 
 def _mode(request: ImageRequest) -> Mode:
@@ -64,14 +75,17 @@ def _valid_loras_text(offered: list[str]) -> str:
     return ", ".join(offered[:_LISTED_LORAS]) + (f" and {more} more (see GET /v1/models)" if more > 0 else "")
 
 
-def normalize_loras(requested: list[LoraWeight], settings: Settings) -> tuple[LoraWeight, ...]:
+def normalize_loras(
+    requested: list[LoraWeight], settings: Settings, spec: ModelSpec | None = None
+) -> tuple[LoraWeight, ...]:
     """Check the requested LoRAs and return the canonical set: sorted by name, scales rounded
     to :data:`LORA_SCALE_DECIMALS`, scale-0 entries dropped (a LoRA at 0 is the base model, so
-    such a request batches with plain ones). Unknown names list the valid ones."""
+    such a request batches with plain ones). Unknown names list the valid ones of ``spec``'s
+    LoRA folder (per model: see core/loras.py)."""
     if not requested:
         return ()
     _check_max("loras", len(requested), settings.max_loras, what="number of loras")
-    offered = available_loras(settings)
+    offered = available_loras(settings, spec)
     seen: set[str] = set()
     kept: list[LoraWeight] = []
     for i, lora in enumerate(requested):
@@ -93,6 +107,38 @@ def normalize_loras(requested: list[LoraWeight], settings: Settings) -> tuple[Lo
     return tuple(sorted(kept, key=lambda lora: lora.name))
 
 
+#: switch_at is rounded to this many decimals, so near-equal values share a batch.
+REFINER_DECIMALS = 3
+
+
+def normalize_refiner(request: ImageRequest, spec: ModelSpec, mode: Mode, steps: int) -> RefinerSettings | None:
+    """Check the SDXL refiner handoff of a request: an SDXL model that has a refiner, txt2img,
+    no ControlNet, and at least one step on each side of ``switch_at``."""
+    if request.refiner is None:
+        return None
+    if spec.family != "sdxl" or spec.refiner is None:
+        kind = "an SDXL model" if spec.family == "sdxl" else f"a {spec.family} model"
+        raise InvalidRequest(
+            f"refiner: model {spec.id!r} has no refiner ({kind} without one); "
+            "only SDXL models whose GET /v1/models entry shows refiner: true accept it",
+            param="refiner",
+        )
+    if mode != "txt2img":
+        raise InvalidRequest(
+            "refiner applies only to text-to-image requests; drop image/mask or refiner", param="refiner"
+        )
+    if request.controlnet:
+        raise InvalidRequest("refiner cannot be combined with controlnet; drop one of them", param="refiner")
+    switch_at = round(request.refiner.switch_at, REFINER_DECIMALS)
+    if not 0 < switch_at < 1 or int(steps * switch_at) < 1 or int(steps * (1 - switch_at)) < 1:
+        raise InvalidRequest(
+            f"refiner.switch_at {request.refiner.switch_at} with steps {steps} leaves the base or the refiner "
+            "no step; use 0 < switch_at < 1 with steps x switch_at >= 1 and steps x (1 - switch_at) >= 1",
+            param="refiner.switch_at",
+        )
+    return RefinerSettings(switch_at=switch_at)
+
+
 def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str, job_id: str, now: float) -> JobPayload:
     """Validate ``request`` against Settings and the model, fill defaults, resolve the seed."""
     spec = resolve_model(settings, request.model)
@@ -105,6 +151,7 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
     height = spec.default_height if request.height is None else request.height
     _check_size("width", width, settings, spec)
     _check_size("height", height, settings, spec)
+    _check_allowed_size(width, height, spec)
     if width * height > settings.max_pixels:
         raise InvalidRequest(
             f"width x height is {width * height} pixels; the maximum is {settings.max_pixels}", param="width"
@@ -120,7 +167,9 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         )
     _check_max("clip_skip", request.clip_skip, settings.max_clip_skip)
     _check_uploads(request, settings)
-    loras = normalize_loras(request.loras, settings)
+    loras = normalize_loras(request.loras, settings, spec)
+    controlnet = normalize_controlnets(request.controlnet, spec, settings)
+    refiner = normalize_refiner(request, spec, mode, steps)
     strength = None if mode == "txt2img" else (request.strength if request.strength is not None else 0.75)
     if strength is not None and int(steps * strength) < 1:
         raise InvalidRequest(
@@ -155,4 +204,6 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         mask_b64=request.mask,
         created_at=now,
         loras=loras,
+        controlnet=controlnet,
+        refiner=refiner,
     )

@@ -74,6 +74,8 @@ class Job(_Model):
     batch: dict[str, Any] | None = None
     error: JobError | None = None
     queue_position: int | None = None
+    #: While queued: why it cannot start yet ("no_worker": no live worker serves its model).
+    waiting_for: str | None = None
     progress: Progress | None = None
     webhook: WebhookStatus | None = None
 
@@ -91,6 +93,12 @@ class Model(_Model):
     default_height: int | None = None
     default_steps: int | None = None
     workers: int = 0
+    loras: list[str] = []
+    embeddings: list[str] = []
+    #: ``[{"name", "preprocess"}]``: the ControlNets a request may name for this model.
+    controlnets: list[dict[str, Any]] = []
+    #: Whether ``refiner: {"switch_at": ...}`` is available (SDXL models with a refiner).
+    refiner: bool = False
 
 
 @dataclass(frozen=True)

@@ -25,20 +25,21 @@ import redis.exceptions as redis_errors
 
 from core.config import Settings, get_settings
 from core.jobs import connect
-from core.models import served_models
+from core.models import worker_model
 from core.presence import live_workers
 from core.redis_server import RedisServer, start_redis
 
 
 def _ready(base_url: str, settings: Settings) -> bool:
-    """The API answers /healthz and every model has a live worker (read from Redis directly,
-    so this works whether or not the API wants a key)."""
+    """The API answers /healthz and the worker's model (SFUMATO_WORKER_MODEL, else the first
+    registry model) has a live worker (read from Redis directly, so this works whether or not
+    the API wants a key). Other registry models stay without a worker in the dev stack."""
     try:
         with urllib.request.urlopen(f"{base_url}/healthz", timeout=2) as resp:
             json.load(resp)
         connection = connect(settings)
         try:
-            return all(live_workers(connection, settings, m) > 0 for m in served_models(settings))
+            return live_workers(connection, settings, worker_model(settings).id) > 0
         finally:
             connection.close()
     except (urllib.error.URLError, OSError, ValueError, redis_errors.RedisError):

@@ -52,6 +52,12 @@ def parameters_text(payload: JobPayload, seed: int, model_name: str) -> str:
     ]
     if payload.mode != "txt2img" and payload.strength is not None:
         fields.append(f"Denoising strength: {payload.strength:g}")
+    for i, unit in enumerate(payload.controlnet):  # A1111's ControlNet extension writes these
+        settings = (
+            f"Module: {unit.preprocess}, Model: {unit.name}, Weight: {unit.scale:g}, "
+            f"Guidance Start: {unit.start:g}, Guidance End: {unit.end:g}"
+        )
+        fields.append(f"ControlNet {i}: {_value(settings)}")
     fields += [f"Clip skip: {payload.clip_skip + 1}", f"Sfumato job: {_value(payload.job_id)}"]
     tags = "".join(f" <lora:{lora.name}:{lora.scale:g}>" for lora in payload.loras)
     lines = [payload.prompt + tags]
@@ -77,6 +83,8 @@ def _sfumato_json(payload: JobPayload, index: int, seed: int, model_name: str) -
             "clip_skip": payload.clip_skip,
             "strength": payload.strength,
             "loras": [{"name": lora.name, "scale": lora.scale} for lora in payload.loras],
+            # The settings only: a control image is the client's upload, not a fact about the output.
+            "controlnet": [unit.model_dump(exclude={"image_b64"}) for unit in payload.controlnet],
         },
         separators=(",", ":"),
     )

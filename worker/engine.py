@@ -34,18 +34,23 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint import (
     StableDiffusionInpaintPipeline,
 )
+from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 
 from core.batch_key import BatchKey
 from core.config import Settings
 from core.errors import GenerationFailed, ModelUnavailable, OutOfMemory, SfumatoError
-from core.models import ModelSpec, resolve_model
+from core.loras import lora_folder
+from core.models import ModelSpec, worker_model
 from core.schemas import JobPayload
-from worker import inputs
+from worker import controlnet as controlnet_support
+from worker import inputs, sdxl
 from worker.attention import Backend, apply_attention, check_attention
 from worker.clip_compat import ensure_text_model_alias
+from worker.controlnet import ControlNetModels, ControlNetPipeline
 from worker.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.embeddings import load_embeddings
 from worker.lora import LoraAdapters, TextEncoderState
 from worker.progress import offer_latents
 from worker.prompt_cache import PromptEmbeddingCache
@@ -59,8 +64,9 @@ log = logging.getLogger(__name__)
 StepCallback = Callable[[int, int], None]
 
 #: The pipelines built around the resident modules; all take the same components.
-SDPipeline = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionInpaintPipeline
-_PIPELINES: dict[str, type[SDPipeline]] = {
+_SD1Pipeline = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionInpaintPipeline
+SDPipeline = _SD1Pipeline | sdxl.SDXLPipeline
+_PIPELINES: dict[str, type[_SD1Pipeline]] = {
     "txt2img": StableDiffusionPipeline,
     "img2img": StableDiffusionImg2ImgPipeline,
     "inpaint": StableDiffusionInpaintPipeline,
@@ -82,7 +88,9 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
-def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> StableDiffusionPipeline:
+def _load_pipeline(
+    source: str, settings: Settings, dtype: torch.dtype, family: str = "sd1"
+) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
     """Load the components from the tiny builder, a local diffusers folder or a hub id.
 
     safetensors only: ``use_safetensors=True`` makes diffusers refuse pickled ``.bin`` weights
@@ -92,7 +100,10 @@ def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> Stabl
     if settings.allow_pickle_weights:
         log.warning("SFUMATO_ALLOW_PICKLE_WEIGHTS is set: pickle weights of %r may load (they can run code)", source)
     hub = False
-    if source == "tiny":
+    builtin = sdxl.builtin_location(source, settings.data_dir)
+    if builtin is not None:
+        location, family = builtin, "sdxl"
+    elif source == "tiny":
         location = str(ensure_tiny_model(settings.data_dir))
     elif Path(source).expanduser().is_dir():
         location = str(Path(source).expanduser())
@@ -101,15 +112,20 @@ def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> Stabl
     else:
         location, hub = source, True
     offline = hub and _hub_offline()
+    # SDXL (family from the model's spec): both text encoders, no safety checker to switch off.
+    cls: type[DiffusionPipeline] = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    options = (
+        sdxl.load_options()
+        if family == "sdxl"
+        else {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+    )
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
+        pipe = cls.from_pretrained(
             location,
             use_safetensors=None if settings.allow_pickle_weights else True,
             dtype=dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
             local_files_only=offline,
+            **options,
         )
     except Exception as exc:
         if offline and isinstance(exc, LocalEntryNotFoundError):
@@ -124,8 +140,8 @@ def _load_pipeline(source: str, settings: Settings, dtype: torch.dtype) -> Stabl
         if not settings.allow_pickle_weights:
             hint += " (pickle .bin/.ckpt weights are refused unless SFUMATO_ALLOW_PICKLE_WEIGHTS=true)"
         raise ModelUnavailable(f"could not load model {source!r}: {hint} ({_short(exc)})") from exc
-    if not isinstance(pipe, StableDiffusionPipeline):  # pragma: no cover - from_pretrained of a subclass
-        raise ModelUnavailable(f"model {source!r} is not a Stable Diffusion 1.x/2.x pipeline")
+    if not isinstance(pipe, StableDiffusionPipeline | StableDiffusionXLPipeline):  # pragma: no cover
+        raise ModelUnavailable(f"model {source!r} is not a Stable Diffusion 1.x/2.x/XL pipeline")
     return pipe
 
 
@@ -158,6 +174,8 @@ class PreparedJob:
     payload: JobPayload
     image: Image.Image | None = None
     mask: Image.Image | None = None
+    #: One control map per ControlNet unit of the payload, sized and preprocessed.
+    control: tuple[Image.Image, ...] = ()
 
 
 class Engine:
@@ -168,10 +186,15 @@ class Engine:
     run one batch at a time anyway.
     """
 
+    #: Textual-inversion tokens loaded at start-up (worker/embeddings.py); fixed for its life.
+    embeddings: tuple[str, ...] = ()
+    #: Loads the SDXL refiner of ``spec.refiner`` once (worker/sdxl.py); None: refiners unavailable.
+    refiners: sdxl.Refiners | None = None
+
     def __init__(
         self,
         spec: ModelSpec,
-        pipe: StableDiffusionPipeline,
+        pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
         device: torch.device,
         dtype: torch.dtype,
         attention: Backend,
@@ -191,40 +214,55 @@ class Engine:
         # Only the modules are kept: per-call pipelines are built around them.
         self._components: dict[str, Any] = dict(pipe.components)
         self._scheduler_config = dict(pipe.scheduler.config)
+        # Not None for an SDXL base: per-call pipelines are then the SDXL ones (worker/sdxl.py).
+        self._sdxl_options = sdxl.pipeline_options(pipe)
+        # Replaced by load() with the configured cache; ControlNets load on first use.
+        self.controlnets = ControlNetModels(2, device, dtype, attention=attention)
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
-        """Load the configured model onto the configured device; raises ModelUnavailable."""
+        """Load this worker's model (SFUMATO_WORKER_MODEL, else the first served one) onto the
+        configured device, with its embeddings; raises ModelUnavailable."""
         started = time.perf_counter()
-        spec = resolve_model(settings, None)
+        spec = worker_model(settings)
         apply_torch_threads(settings.torch_threads)
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         backend = check_attention(settings.attention, device)  # before spending time on weights
-        pipe = _load_pipeline(spec.source, settings, dtype)
+        pipe = _load_pipeline(spec.source, settings, dtype, spec.family)
         try:
             pipe.to(device)
         except Exception as exc:
             raise ModelUnavailable(f"could not move model {spec.id!r} to {device}: {_short(exc)}") from exc
         backend = apply_attention(pipe, backend, explicit=settings.attention != "auto")
         ensure_text_model_alias(pipe.text_encoder)  # clip_skip with transformers 5
+        embeddings = load_embeddings(pipe, spec.id, spec.embeddings)  # once, before any prompt is encoded
         log.info(
             "loaded model %s from %s on %s (%s, attention=%s) in %.2fs",
             spec.id, spec.source, device, str(dtype).removeprefix("torch."), backend,
             time.perf_counter() - started,
         )  # fmt: skip
-        loras = LoraAdapters(settings.resolved_lora_dir, settings.lora_cache_size, settings.lora_cache_bytes)
+        loras = LoraAdapters(lora_folder(settings, spec), settings.lora_cache_size, settings.lora_cache_bytes)
         # Encoding a batch's prompts together is batch-invariant only in float32 (prompt_cache.py).
         prompt_cache = PromptEmbeddingCache(settings.prompt_cache_size, encode_together=dtype == torch.float32)
-        return cls(spec, pipe, device, dtype, backend, prompt_cache, loras)
+        engine = cls(spec, pipe, device, dtype, backend, prompt_cache, loras)
+        engine.embeddings = embeddings
+        engine.refiners = sdxl.Refiners(settings, device, dtype, backend, offline=_hub_offline())
+        engine.controlnets = ControlNetModels(
+            settings.controlnet_cache_size, device, dtype, attention=backend,
+            allow_pickle=settings.allow_pickle_weights, local_files_only=_hub_offline(),
+        )  # fmt: skip
+        return engine
 
     # --- generation --------------------------------------------------------------------
 
     def pipeline(self, mode: str, scheduler: str) -> SDPipeline:
         """A new lightweight pipeline for ``mode`` around the resident modules, with a fresh
         ``scheduler`` (canonical name). Cheap; never share one between threads."""
-        cls = _PIPELINES[mode]
         components = {**self._components, "scheduler": make_scheduler(scheduler, self._scheduler_config)}
+        if self._sdxl_options is not None:
+            return sdxl.build_pipeline(mode, components, self._sdxl_options)
+        cls = _PIPELINES[mode]
         pipe = cls(**components, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -248,11 +286,12 @@ class Engine:
     def prepare(self, payload: JobPayload) -> PreparedJob:
         """Check one job and decode its uploads; GenerationFailed fails only this job."""
         key = self._batch_key([payload])
+        control = controlnet_support.control_images(payload.controlnet, key.width, key.height)
         if key.mode == "txt2img":
-            return PreparedJob(payload)
+            return PreparedJob(payload, control=control)
         image = inputs.init_image(payload.image_b64, key.width, key.height)
         mask = inputs.mask_image(payload.mask_b64, key.width, key.height) if key.mode == "inpaint" else None
-        return PreparedJob(payload, image, mask)
+        return PreparedJob(payload, image, mask, control)
 
     def run(self, jobs: Sequence[PreparedJob], on_step: StepCallback | None = None) -> list[np.ndarray]:
         """Run prepared jobs (one BatchKey) as ONE pipeline call; float images per job.
@@ -262,15 +301,43 @@ class Engine:
         """
         key = self._batch_key([job.payload for job in jobs])
         with self._lock:
-            pipe = self.pipeline(key.mode, key.scheduler)
+            pipe = self._controlnet_pipeline(key) if key.controlnets else self.pipeline(key.mode, key.scheduler)
             # Exactly this batch's LoRAs (none for a base batch), before prompts are encoded.
             text_encoder_state = self.loras.activate(pipe, key.loras)
             call = self._call_arguments(jobs, key, pipe, text_encoder_state)
+            if key.controlnets:  # each image gets its own job's control maps
+                maps = [job.control for job in jobs for _ in range(job.payload.n)]
+                call.update(controlnet_support.call_arguments(key, maps))
+            if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/sdxl.py)
+                return self._call(self._refined(pipe, jobs, key, text_encoder_state), call, jobs, key, on_step)
             return self._call(pipe, call, jobs, key, on_step)
+
+    def _refined(
+        self, pipe: Any, jobs: Sequence[PreparedJob], key: BatchKey, text_encoder_state: TextEncoderState
+    ) -> sdxl.RefinedPipeline:
+        """``pipe`` followed by the model's refiner; GenerationFailed if this model has none."""
+        if self._sdxl_options is None or self.spec.refiner is None or self.refiners is None:
+            raise GenerationFailed(f"model {self.spec.id!r} has no refiner on this worker", param="refiner")
+        refiner = self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
+        prompts, negatives = sdxl.expand_texts(jobs)
+        arguments = sdxl.refiner_prompt_arguments(
+            self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state
+        )
+        refiner_pipe = refiner.pipeline(self._components, key.scheduler, self._scheduler_config)
+        return sdxl.RefinedPipeline(pipe, refiner_pipe, key.refiner_switch_at or 0.0, arguments)
+
+    def _controlnet_pipeline(self, key: BatchKey) -> ControlNetPipeline:
+        """Like :meth:`pipeline`, with the batch's ControlNet model(s) (loaded on first use,
+        kept in an LRU: worker/controlnet.py) beside the same resident modules."""
+        if self._sdxl_options is not None:  # the API refuses these (core/controlnets.py)
+            raise GenerationFailed("ControlNet is not supported for SDXL models yet", param="controlnet")
+        models = self.controlnets.get(controlnet_support.specs_for(key, self.spec.controlnets))
+        components = {**self._components, "scheduler": make_scheduler(key.scheduler, self._scheduler_config)}
+        return controlnet_support.build_pipeline(key.mode, components, models)
 
     def _call(
         self,
-        pipe: SDPipeline,
+        pipe: SDPipeline | ControlNetPipeline | sdxl.RefinedPipeline,
         call: dict[str, Any],
         jobs: Sequence[PreparedJob],
         key: BatchKey,
@@ -332,6 +399,9 @@ class Engine:
             created_at=time.time(),
         )
         self.generate_arrays([payload])
+        if self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None:
+            # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
+            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
         log.info("warm-up took %.2fs", time.perf_counter() - started)
 
     # --- helpers -----------------------------------------------------------------------
@@ -362,7 +432,11 @@ class Engine:
         return key
 
     def _call_arguments(
-        self, jobs: Sequence[PreparedJob], key: BatchKey, pipe: SDPipeline, text_encoder_state: TextEncoderState = ()
+        self,
+        jobs: Sequence[PreparedJob],
+        key: BatchKey,
+        pipe: SDPipeline | ControlNetPipeline,
+        text_encoder_state: TextEncoderState = (),
     ) -> dict[str, Any]:
         """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
 
@@ -384,13 +458,14 @@ class Engine:
                     images.append(job.image)
                 if job.mask is not None:
                     masks.append(job.mask)
-        call: dict[str, Any] = {
-            "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, key.exact, text_encoder_state),
-            "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, key.exact, text_encoder_state),
-            "generator": generators,
-            "num_inference_steps": key.steps,
-            "guidance_scale": key.guidance_scale,
-        }
+        if self._sdxl_options is not None:  # both text encoders, pooled embeddings, size conditioning
+            call = sdxl.prompt_arguments(self.prompt_cache, pipe, prompts, negatives, key, text_encoder_state)
+        else:
+            call = {
+                "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, key.exact, text_encoder_state),
+                "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, key.exact, text_encoder_state),
+            }
+        call.update(generator=generators, num_inference_steps=key.steps, guidance_scale=key.guidance_scale)
         if key.mode in ("txt2img", "inpaint"):
             call.update(height=key.height, width=key.width)
         if key.mode != "txt2img":

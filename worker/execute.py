@@ -53,7 +53,7 @@ def error_of(exc: BaseException) -> ErrorDict:
 def _split_images(job: PreparedJob) -> list[PreparedJob]:
     """One single-image job per image: image i of seed s is exactly the image of seed s+i."""
     return [
-        PreparedJob(job.payload.model_copy(update={"seed": seed, "n": 1}), job.image, job.mask)
+        PreparedJob(job.payload.model_copy(update={"seed": seed, "n": 1}), job.image, job.mask, job.control)
         for seed in job.payload.seeds
     ]
 

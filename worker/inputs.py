@@ -48,3 +48,9 @@ def mask_image(b64: str | None, width: int, height: int) -> Image.Image:
     if not b64:
         raise GenerationFailed("inpainting needs a mask", param="mask")
     return _fit(_open(b64, "mask").convert("L"), width, height)
+
+
+def control_image(b64: str, field: str, width: int, height: int) -> Image.Image:
+    """A ControlNet control image as RGB, resized to ``width`` x ``height`` (``field`` names it
+    in errors, e.g. ``controlnet[0].image``)."""
+    return _fit(_open(b64, field).convert("RGB"), width, height)

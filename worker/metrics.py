@@ -29,7 +29,7 @@ from core.config import Settings
 from core.errors import ErrorDict, SfumatoError
 from core.jobs import META_REQUEST_ID
 from core.metrics import JOB_BUCKETS, bounded_code, record_finished
-from core.models import resolve_model
+from core.models import worker_model
 from core.schemas import JobPayload
 from core.storage import ObjectStore
 from worker.engine import StepCallback
@@ -148,7 +148,7 @@ def install(settings: Settings, registry: CollectorRegistry = REGISTRY, serve: b
     global _installed
     if _installed is not None:
         return _installed
-    model_id = resolve_model(settings, None).id
+    model_id = worker_model(settings).id
     probe = WorkerProbe(model_id)
     server = None
     if serve and settings.worker_metrics_port:

@@ -1,4 +1,10 @@
-"""``/v1/models``: what this deployment serves, with defaults, limits and live workers."""
+"""``/v1/models``: what this deployment serves, with defaults, limits and live workers.
+
+One entry per registry model (SFUMATO_MODELS_FILE; else the one SFUMATO_MODEL): its public spec
+(no local paths), its own LoRAs, embedding tokens, ControlNet names, whether it has a refiner,
+and how many live workers serve it (0: requests get 503 no_worker, or wait with
+``waiting_for: no_worker`` when the operator scales from zero).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ from fastapi import APIRouter
 
 from api.deps import Reader, Services
 from api.errors import AUTHENTICATED, documented
+from core import controlnets
 from core.jobs import redis_errors
 from core.loras import available_loras
 from core.models import served_models
@@ -21,11 +28,10 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
     settings = services.settings
     data = []
-    loras = available_loras(settings)  # one folder today, shared by every served model
     with redis_errors():
         for spec in served_models(settings).values():
             entry = spec.public()
-            entry["loras"] = loras
+            entry["loras"] = available_loras(settings, spec)  # each model its own folder
             entry["workers"] = live_workers(services.jobs.connection, settings, spec.id)
             data.append(entry)
     limits = {
@@ -39,5 +45,12 @@ def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
         "max_upload_bytes": settings.max_upload_bytes,
         "max_loras": settings.max_loras,
         "lora_scale": [settings.lora_min_scale, settings.lora_max_scale],
+        "max_controlnets": settings.max_controlnets,
+        "controlnet_scale": [controlnets.MIN_SCALE, controlnets.MAX_SCALE],
     }
-    return {"data": data, "schedulers": SCHEDULER_DISPLAY_NAMES, "limits": limits}
+    return {
+        "data": data,
+        "schedulers": SCHEDULER_DISPLAY_NAMES,
+        "limits": limits,
+        "queue_without_workers": settings.resolved_queue_without_workers,
+    }

@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from core.config import Settings
 from core.net import free_port
 from tests.support.bombs import b64, jpeg_header_only, png_bomb, png_header_only
 from tests.support.keys import bearer, env_key
@@ -25,6 +26,8 @@ from tests.support.processes import ServiceProcess, start_api
 pytestmark = pytest.mark.timeout(300)
 #: Allowed RSS growth over all hostile rounds after warm-up (allocator noise, not retained data).
 MAX_GROWTH_KB = 16 * 1024
+#: The default body limit (room for an image, a mask and the control images; ~45 MB).
+BODY_LIMIT = Settings().resolved_max_body_bytes
 
 
 def rss_kb(pid: int) -> int:
@@ -83,12 +86,13 @@ def _bomb_round(target: Target) -> None:
 
 
 def _oversize_round(target: Target) -> None:
-    big = b"{" + b" " * (30 * 1024 * 1024) + b"}"  # 30 MB, over the default ~22.4 MB limit
+    over = BODY_LIMIT // (1024 * 1024) + 2  # MiB: just over the default limit
+    big = b"{" + b" " * (over * 1024 * 1024) + b"}"
     resp = target.client.post("/v1/images", content=big, headers={"content-type": "application/json"})
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"
 
     def chunked() -> Iterator[bytes]:
-        for _ in range(30):
+        for _ in range(over):
             yield b" " * (1024 * 1024)
 
     try:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.batch_key import BatchKey
-from core.schemas import JobPayload, LoraWeight
+from core.schemas import ControlNetJob, JobPayload, LoraWeight, RefinerSettings
 
 BASE: dict[str, Any] = {
     "job_id": "a" * 32,
@@ -61,6 +61,12 @@ BATCH_WIDE: dict[str, Any] = {
     "strength": 0.5,
     "exact": True,
     "loras": (LoraWeight(name="film-grain", scale=0.8),),
+    # The settings are batch-wide; the control images themselves vary per job
+    # (tests/unit/test_controlnets.py).
+    "controlnet": (
+        ControlNetJob(name="canny", image_b64="aW1hZ2U=", scale=1.0, start=0.0, end=1.0, preprocess="none"),
+    ),
+    "refiner": RefinerSettings(switch_at=0.8),  # SDXL: the handoff point is one per call
 }
 
 
