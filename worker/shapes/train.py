@@ -158,8 +158,8 @@ def train_vae(vae: AutoencoderKL, steps: int, seed: int, batch: int, log: list[d
         loss.backward()
         optimiser.step()
         if step % 100 == 0 or step == steps - 1:
-            log.append({"stage": 0, "step": step, "loss": round(float(loss), 5)})
-            print(f"vae step {step}/{steps} loss {float(loss):.4f}", flush=True)
+            log.append({"stage": 0, "step": step, "loss": round(loss.item(), 5)})
+            print(f"vae step {step}/{steps} loss {loss.item():.4f}", flush=True)
     vae.eval()
     with torch.no_grad():
         images, _ = next(batches(seed + 99, 256))
@@ -215,8 +215,8 @@ def train_unet(
         optimiser.step()
         schedule.step()
         if step % 200 == 0 or step == steps - 1:
-            log.append({"stage": 1, "step": step, "loss": round(float(loss), 5)})
-            print(f"unet step {step}/{steps} loss {float(loss):.4f}", flush=True)
+            log.append({"stage": 1, "step": step, "loss": round(loss.item(), 5)})
+            print(f"unet step {step}/{steps} loss {loss.item():.4f}", flush=True)
     unet.eval()
     text_encoder.eval()
 
