@@ -43,6 +43,16 @@ def test_the_scorer_reads_renders_back() -> None:
     assert np.mean([r.kind for r in results]) >= 0.99
 
 
+def test_the_scorer_reads_held_out_scenes_at_the_models_32_px() -> None:
+    """The model is scored at 32 px: the scorer's own ceiling there (a failing shape rate is
+    the model's as long as this holds)."""
+    held_out = evaluation_scenes()
+    results = [score(np.asarray(render(scene, 32)), scene) for scene in held_out]
+    for field in ("background", "colour", "position", "size"):
+        assert all(getattr(r, field) for r in results), field
+    assert np.mean([r.kind for r in results]) >= 0.97
+
+
 def test_the_scorer_is_not_fooled_by_the_wrong_scene() -> None:
     drawn = Scene("blue", (Shape("circle", "red", "large", "center", 0.5, 0.5),))
     asked = Scene("green", (Shape("star", "yellow", "small", "top left", 0.3, 0.3),))

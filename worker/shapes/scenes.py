@@ -35,7 +35,7 @@ POSITIONS: dict[str, tuple[float, float]] = {
     "center": (0.5, 0.5),
 }
 #: Radius as a fraction of the image side.
-SIZES: dict[str, float] = {"small": 0.14, "large": 0.26}
+SIZES: dict[str, float] = {"small": 0.17, "large": 0.28}
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,12 @@ class Scene:
 
     def caption(self, style: int = 0) -> str:
         """The scene in words. ``style`` picks one of a few phrasings (0: the canonical one,
-        which names size and position for one shape, and left/right order for two)."""
+        which names size and position for one shape, and left/right order for two; 3: the
+        shape alone, "a red circle", so a short negative prompt means something)."""
         if len(self.shapes) == 1:
             (shape,) = self.shapes
+            if style == 3:
+                return f"{_article(shape.colour)} {shape.colour} {shape.kind}"
             size = "" if (style == 1 and shape.size == "large") else f"{shape.size} "
             where = (
                 "" if style == 2 else ("in the center" if shape.position == "center" else f"at the {shape.position}")
@@ -155,7 +158,7 @@ def scenes(seed: int, count: int | None = None) -> Iterator[tuple[Scene, str]]:
     produced = 0
     while count is None or produced < count:
         scene = sample_scene(rng)
-        yield scene, scene.caption(style=rng.choice((0, 0, 1, 2)))
+        yield scene, scene.caption(style=rng.choice((0, 0, 1, 2, 3)))
         produced += 1
 
 
