@@ -49,7 +49,9 @@ class Settings(BaseSettings):
 
     # --- model --------------------------------------------------------------------------
     model: str = Field(
-        default="tiny", description="'tiny', 'tiny-sdxl' (built-in tiny SDXL), a local diffusers folder or a hub id."
+        default="tiny",
+        description="'tiny' (random weights, for tests), 'shapes' (built-in model that draws simple shapes; "
+        "make run's default), 'tiny-sdxl' (built-in tiny SDXL), a local diffusers folder or a hub id.",
     )
     model_id: str | None = Field(default=None, description="Public model name (default: derived from model).")
     refiner: str | None = Field(

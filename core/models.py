@@ -63,6 +63,9 @@ class ModelSpec:
     refiner: str | None = None
     sizes: tuple[tuple[int, int], ...] = ()
     lora_dir: str | None = None
+    #: The model's own smallest side, when below SFUMATO_MIN_SIZE (the built-in shapes model
+    #: draws at 32 px); None: SFUMATO_MIN_SIZE.
+    min_size: int | None = None
 
     def public(self) -> dict[str, Any]:
         """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
@@ -90,6 +93,9 @@ def _spec_for(settings: Settings) -> ModelSpec:
             default_scheduler="ddim",
             default_guidance=7.5,
         )
+    if settings.model == "shapes":
+        limits = {**SHAPES_DEFAULTS, "max_size": min(SHAPES_DEFAULTS["max_size"], settings.max_size)}
+        return ModelSpec(id=settings.resolved_model_id, source="shapes", family="sd1", **limits)
     if settings.model == "tiny-sdxl" or is_sdxl_folder(settings.model):
         return _sdxl_spec_for(settings)
     return ModelSpec(
@@ -103,6 +109,19 @@ def _spec_for(settings: Settings) -> ModelSpec:
         default_scheduler="dpmpp_2m_karras",
         default_guidance=7.0,
     )
+
+
+#: The built-in shapes model (worker/shapes/model): trained on 32 px scenes, so 32 px by
+#: default and at most 64 (beyond that it draws its 32 px world several times over).
+SHAPES_DEFAULTS: dict[str, Any] = {
+    "default_width": 32,
+    "default_height": 32,
+    "max_size": 64,
+    "min_size": 32,
+    "default_steps": 20,
+    "default_scheduler": "ddim",
+    "default_guidance": 3.0,  # measured best for this model (bench/results/shapes.json); 7 oversaturates
+}
 
 
 def is_sdxl_folder(source: str) -> bool:
@@ -148,6 +167,11 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
     side, largest, steps, scheduler, guidance = _FAMILY_DEFAULTS[entry.family]
     if entry.source == "tiny-sdxl":  # the built-in tiny SDXL: tiny sizes, SDXL guidance
         side, largest, steps, scheduler = _FAMILY_DEFAULTS["tiny"][:4]
+    if entry.source == "shapes":  # the built-in shapes model: its own small sizes
+        side, largest, steps, scheduler, guidance = (
+            SHAPES_DEFAULTS["default_width"], SHAPES_DEFAULTS["max_size"], SHAPES_DEFAULTS["default_steps"],
+            SHAPES_DEFAULTS["default_scheduler"], SHAPES_DEFAULTS["default_guidance"],
+        )  # fmt: skip
     sizes = tuple(entry.sizes or ())
     max_size = min(entry.max_size or largest, settings.max_size)
     if sizes:
@@ -185,6 +209,7 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
         refiner=None if entry.refiner is None else resolve_source(entry.refiner, base),
         sizes=sizes,
         lora_dir=None if entry.lora_dir is None else resolve_path(entry.lora_dir, base),
+        min_size=SHAPES_DEFAULTS["min_size"] if entry.source == "shapes" else None,
     )
 
 

@@ -9,7 +9,7 @@ Shape (every key but ``id``, ``source`` and ``family`` is optional)::
 
     [[models]]
     id = "dreamshaper"                 # the name clients send as "model"
-    source = "./models/dreamshaper"    # "tiny", "tiny-sdxl", a diffusers folder, or a hub id
+    source = "./models/dreamshaper"    # "tiny", "tiny-sdxl", "shapes", a diffusers folder, or a hub id
     family = "sd1"                     # sd1 | sd2 | sdxl | tiny
     default_width = 512
     default_height = 512
@@ -143,6 +143,8 @@ class ModelEntry(_Strict):
     def _consistent(self) -> ModelEntry:
         if self.source == "tiny" and self.family != "tiny":
             raise ValueError(f"source 'tiny' is the built-in tiny model: its family is 'tiny', not {self.family!r}")
+        if self.source == "shapes" and self.family != "sd1":
+            raise ValueError(f"source 'shapes' is the built-in shapes model: its family is 'sd1', not {self.family!r}")
         if self.source == "tiny-sdxl" and self.family != "sdxl":
             raise ValueError(f"source 'tiny-sdxl' is the built-in tiny SDXL: its family is 'sdxl', not {self.family!r}")
         if self.refiner is not None and self.family != "sdxl":

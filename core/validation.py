@@ -27,8 +27,9 @@ def _check_max(field: str, value: float, limit: float, *, what: str | None = Non
 def _check_size(field: str, value: int, settings: Settings, spec: ModelSpec) -> None:
     if value % 8:
         raise InvalidRequest(f"{field} is {value}; it must be a multiple of 8", param=field)
-    if value < settings.min_size:
-        raise InvalidRequest(f"{field} is {value}; the minimum is {settings.min_size}", param=field)
+    minimum = settings.min_size if spec.min_size is None else min(spec.min_size, settings.min_size)
+    if value < minimum:
+        raise InvalidRequest(f"{field} is {value}; the minimum is {minimum}", param=field)
     _check_max(field, value, spec.max_size)
 
 

@@ -92,6 +92,9 @@ class Model(_Model):
     default_width: int | None = None
     default_height: int | None = None
     default_steps: int | None = None
+    #: The model's smallest side when below the service's minimum (None: the service's).
+    min_size: int | None = None
+    max_size: int | None = None
     workers: int = 0
     loras: list[str] = []
     embeddings: list[str] = []

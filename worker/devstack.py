@@ -68,7 +68,12 @@ DEV_AUTH_WARNING = """
 """
 
 
-def _banner(base_url: str, auth_enabled: bool) -> str:
+#: What the built-in shapes model knows: 8 colours, 4 shapes, 5 positions, 2 sizes (see
+#: worker/shapes/scenes.py).
+SHAPES_PROMPT = "a small yellow star at the top left on a blue background"
+
+
+def _banner(base_url: str, auth_enabled: bool, prompt: str) -> str:
     if auth_enabled:
         auth = "Authentication is ON: add -H 'Authorization: Bearer <key>' (sfumato-admin keys create ...)."
     else:
@@ -77,7 +82,7 @@ def _banner(base_url: str, auth_enabled: bool) -> str:
 Sfumato is running at {base_url}  (docs: {base_url}/docs)
 
   curl -s -X POST '{base_url}/v1/images?wait=30' -H 'content-type: application/json' \\
-       -d '{{"prompt": "a red fox in the snow", "seed": 7}}'
+       -d '{{"prompt": "{prompt}", "seed": 7}}'
 
   then open the "url" of images[0] in a browser, or GET {base_url}/v1/images/<id>.
 {auth}
@@ -106,6 +111,11 @@ def main() -> None:
         env["SFUMATO_AUTH_ENABLED"] = "false"
         settings = settings.model_copy(update={"auth_enabled": False})
         print(DEV_AUTH_WARNING, file=sys.stderr, flush=True)
+    if "SFUMATO_MODEL" not in os.environ and settings.models_file is None:
+        # The built-in shapes model draws what it is asked (simple shapes, 32 px), so a first
+        # request shows prompts at work; the random "tiny" model stays for the tests.
+        env["SFUMATO_MODEL"] = "shapes"
+        settings = settings.model_copy(update={"model": "shapes"})
     env.setdefault("SFUMATO_DATA_DIR", str(settings.data_dir))
     env.setdefault("SFUMATO_LOG_FORMAT", "text")  # people read these logs; production ships JSON
     redis: RedisServer | None = None
@@ -126,7 +136,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         _wait_for_worker(base_url, settings, procs, timeout_s=300)
-        print(_banner(base_url, settings.auth_enabled), flush=True)
+        shapes = settings.model == "shapes" and settings.models_file is None
+        prompt = SHAPES_PROMPT if shapes else "a red fox in the snow"
+        print(_banner(base_url, settings.auth_enabled, prompt), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a service process exited; stopping the stack", file=sys.stderr)

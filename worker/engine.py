@@ -55,6 +55,7 @@ from worker.lora import LoraAdapters, TextEncoderState
 from worker.progress import offer_latents
 from worker.prompt_cache import PromptEmbeddingCache
 from worker.schedulers import make_scheduler
+from worker.shapes import MODEL_DIR as SHAPES_MODEL_DIR
 from worker.tiny import ensure_tiny_model
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,13 @@ def _load_pipeline(
         location, family = builtin, "sdxl"
     elif source == "tiny":
         location = str(ensure_tiny_model(settings.data_dir))
+    elif source == "shapes":
+        if not (SHAPES_MODEL_DIR / "model_index.json").is_file():
+            raise ModelUnavailable(
+                f"the built-in shapes model is missing from {SHAPES_MODEL_DIR}; "
+                "retrain it with: python -m worker.shapes.train --out worker/shapes/model --train-text-encoder"
+            )
+        location = str(SHAPES_MODEL_DIR)
     elif Path(source).expanduser().is_dir():
         location = str(Path(source).expanduser())
     elif source.startswith(("/", ".", "~")):

@@ -118,7 +118,7 @@ def test_workers_drain_and_the_gpu_worker_reserves_a_gpu(config: dict[str, Any])
     services = config["services"]
     cpu, gpu = services["sfumato-worker"], services["sfumato-worker-gpu"]
     assert "profiles" not in cpu and cpu["build"]["target"] == "worker-cpu"
-    assert cpu["environment"]["SFUMATO_MODEL"] == "tiny" and cpu["environment"]["SFUMATO_DEVICE"] == "cpu"
+    assert cpu["environment"]["SFUMATO_MODEL"] == "shapes" and cpu["environment"]["SFUMATO_DEVICE"] == "cpu"
     assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "worker"
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}], devices

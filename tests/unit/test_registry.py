@@ -201,6 +201,31 @@ def test_the_built_in_tiny_sdxl_gets_tiny_sizes(tmp_path: Path) -> None:
         served_models(Settings(data_dir=tmp_path, models_file=write(tmp_path, text.replace('"sdxl"', '"sd1"'))))
 
 
+def test_the_built_in_shapes_model_gets_its_32_px_defaults(tmp_path: Path) -> None:
+    (spec,) = served_models(Settings(data_dir=tmp_path, model="shapes")).values()
+    expected = ("shapes", "shapes", "sd1", 32, 32, 64, 20, "ddim", 3.0)
+    assert (spec.id, spec.source, spec.family, spec.default_width, spec.default_height, spec.max_size,
+            spec.default_steps, spec.default_scheduler, spec.default_guidance) == expected  # fmt: skip
+    (capped,) = served_models(Settings(data_dir=tmp_path, model="shapes", max_size=48)).values()
+    assert capped.max_size == 48 and capped.min_size == 32
+    text = '[[models]]\nid = "drawn"\nsource = "shapes"\nfamily = "sd1"'
+    (entry,) = served_models(Settings(data_dir=tmp_path, models_file=write(tmp_path, text))).values()
+    assert (entry.source, entry.default_width, entry.max_size, entry.default_guidance) == ("shapes", 32, 64, 3.0)
+    with pytest.raises(RegistryInvalid, match="built-in shapes model"):
+        served_models(Settings(data_dir=tmp_path, models_file=write(tmp_path, text.replace('"sd1"', '"tiny"'))))
+
+
+def test_the_shapes_model_takes_its_32_px_while_other_models_keep_the_global_minimum(tmp_path: Path) -> None:
+    shapes = Settings(data_dir=tmp_path, model="shapes")
+    job = normalize_request(ImageRequest(prompt="a red circle"), shapes, tenant="t", job_id="j", now=0.0)
+    assert (job.width, job.height, job.steps, job.guidance_scale) == (32, 32, 20, 3.0)
+    with pytest.raises(InvalidRequest, match="width is 24; the minimum is 32"):
+        normalize_request(ImageRequest(prompt="x", width=24), shapes, tenant="t", job_id="j", now=0.0)
+    tiny = Settings(data_dir=tmp_path, model="tiny")
+    with pytest.raises(InvalidRequest, match="width is 32; the minimum is 64"):
+        normalize_request(ImageRequest(prompt="x", width=32), tiny, tenant="t", job_id="j", now=0.0)
+
+
 def test_a_missing_registry_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RegistryInvalid, match="cannot be read"):
         served_models(Settings(data_dir=tmp_path, models_file=tmp_path / "absent.toml"))
