@@ -63,6 +63,45 @@ def chaos_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pct(rate: float) -> str:
+    return f"{rate * 100:.0f}%"
+
+
+def shapes_table(data: dict[str, Any]) -> str:
+    """The built-in shapes model: what the scorer reads back, per condition."""
+    low, high = data["img2img"]["strengths"]
+    rows = [
+        (f"guidance {data['guidance']:g} (served default)", "prompt", data["guidance_served"]),
+        ("guidance 7", "prompt", data["guidance_7"]),
+        ("guidance 1 (no CFG)", "prompt", data["guidance_1"]),
+        ("same, negative prompt = the shape's colour", "prompt", data["negative_colour"]),
+        (f"img2img strength {low:g}, from another scene", "init image", data["img2img"]["strength_low_vs_init"]),
+        (f"img2img strength {low:g}, from another scene", "prompt", data["img2img"]["strength_low_vs_prompt"]),
+        (f"img2img strength {high:g}, from another scene", "init image", data["img2img"]["strength_high_vs_init"]),
+        (f"img2img strength {high:g}, from another scene", "prompt", data["img2img"]["strength_high_vs_prompt"]),
+    ]
+    lines = [
+        f"| {data['prompts']} held-out prompts | scored against | colour | background | shape | position | size |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, against, r in rows:
+        lines.append(
+            f"| {name} | {against} | {_pct(r['colour'])} | {_pct(r['background'])} | {_pct(r['kind'])} | "
+            f"{_pct(r['position'])} | {_pct(r['size'])} |"
+        )
+    seeds = data["seeds"]
+    lines += [
+        "",
+        f"Seeds: the same seed gives identical pixels ({'yes' if seeds['same_seed_identical'] else 'NO'}); "
+        "another seed changes "
+        f"{seeds['other_seed_pixels_differ']} of 8 images; {seeds['prompts']} prompts that leave position and size "
+        f'open ("a red circle"), {seeds["seeds_per_prompt"]} seeds each, get {seeds["mean_distinct_position_size"]} '
+        f"distinct (position, size) readings on average (at least {seeds['min_distinct_position_size']}), with the "
+        f"colour right in {_pct(seeds['colour'])}.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     for name in ("batching-tiny.json", "batching-sd15.json", "batching-sd15-cuda.json"):
         data = _load(name)
@@ -70,7 +109,10 @@ def main() -> None:
             print(batching_table(data), end="\n\n")
     chaos = _load("chaos.json")
     if chaos:
-        print(chaos_table(chaos))
+        print(chaos_table(chaos), end="\n\n")
+    shapes = _load("shapes.json")
+    if shapes:
+        print(shapes_table(shapes))
 
 
 if __name__ == "__main__":
