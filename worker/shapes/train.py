@@ -231,10 +231,13 @@ def deterministic_posterior(vae: AutoencoderKL) -> None:
     pulls it towards std 1; img2img and inpainting *sample* the posterior to encode the init
     image, and at std 1 that noise would drown the image (measured: an img2img at strength 0.3
     kept the init's shape colour in 12% of images). Pinned, a sample is the mean it learned."""
-    channels = vae.config.latent_channels
+    channels = int(vae.config["latent_channels"])
+    head = vae.quant_conv  # built with use_quant_conv=True (the default), so a Conv2d with bias
+    if head is None or head.bias is None:
+        raise ValueError("this VAE has no quant_conv with a bias to pin")
     with torch.no_grad():
-        vae.quant_conv.weight[channels:] = 0.0
-        vae.quant_conv.bias[channels:] = -30.0
+        head.weight[channels:] = 0.0
+        head.bias[channels:] = -30.0
 
 
 def edges(images: torch.Tensor) -> torch.Tensor:
