@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-from worker.shapes.train import WORDS, build_components, edges, train
+from worker.shapes.train import MIN_SNR_GAMMA, WORDS, build_components, edges, min_snr_weights, shapes_scheduler, train
 
 
 def test_every_caption_word_is_one_token() -> None:
@@ -53,3 +54,16 @@ def test_edges_mark_a_shapes_outline_only() -> None:
     marked = edges(image)[0, 0]
     assert marked[0, 0] == 0 and marked[3, 3] == 0  # flat background and flat interior
     assert marked[2, 2] == 1 and marked[1, 3] == 1  # either side of the outline
+
+
+def test_min_snr_weights_quiet_only_the_nearly_clean_timesteps() -> None:
+    schedule = DDPMScheduler.from_config(shapes_scheduler().config)
+    timesteps = torch.arange(0, 1000)
+    weights = min_snr_weights(schedule, timesteps)
+    alphas = schedule.alphas_cumprod.float()
+    snr = alphas / (1 - alphas)
+    noisy = snr <= MIN_SNR_GAMMA
+    assert torch.all(weights[noisy] == 1.0)
+    assert torch.allclose(weights[~noisy], MIN_SNR_GAMMA / snr[~noisy])
+    assert weights[0] < 0.01 and bool(torch.all(weights[1:] >= weights[:-1]))  # monotone in t
+    assert 0.05 < (~noisy).float().mean() < 0.3  # a minority of the steps is quietened

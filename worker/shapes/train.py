@@ -1,18 +1,19 @@
 """Train the built-in shapes model: a real, small Stable Diffusion pipeline, on this CPU.
 
-Usage (the committed model; about 40 minutes on 2 cores)::
+Usage (the committed model; about 45 minutes on 2 cores)::
 
     python -m worker.shapes.train --out worker/shapes/model --train-text-encoder
 
 Two stages, as Stable Diffusion itself was made: an AutoencoderKL learns to compress 32 px
 scenes into 16 x 16 x 4 latents, then a UNet2DConditionModel with cross-attention learns to
-denoise those latents given a CLIP text encoder's output (epsilon prediction, the SD noise
-schedule). Captions are dropped 10% of the time, so classifier-free guidance works. The text
-encoder stays frozen at its random init unless ``--train-text-encoder`` (SD freezes CLIP; a
-random CLIP has nothing to be kept, so here it learns with the UNet). Everything comes from
-``--seed``, so a run is reproducible step for step on one machine and thread count; the folder
-holds float16 safetensors only, plus ``training.json`` with the recipe, losses and the minutes
-it took. ``python -m bench.shapes`` then measures what it draws.
+denoise those latents given a CLIP text encoder's output (epsilon prediction with min-SNR
+weights, DDPM's linear noise schedule). Some captions are dropped to "" (``CAPTION_DROPOUT``),
+so classifier-free guidance works. The text encoder stays frozen at its random init unless
+``--train-text-encoder`` (SD freezes CLIP; a random CLIP has nothing to be kept, so here it
+learns with the UNet). Everything comes from ``--seed``, so a run is reproducible step for
+step on one machine and thread count; the folder holds float16 safetensors only, plus
+``training.json`` with the recipe, losses and the minutes it took. ``python -m bench.shapes``
+then measures what it draws.
 """
 
 from __future__ import annotations
@@ -50,8 +51,19 @@ VAE_CHANNELS = (32, 64)
 LATENT_SIZE = IMAGE_SIZE // 2 ** (len(VAE_CHANNELS) - 1)
 UNET_CHANNELS = (32, 64, 128)
 UNET_LR = 6e-4
+#: The UNet stage's length. On 2 CPU cores a step costs about the same per image at any batch
+#: size, so a smaller batch buys more updates for the same minutes.
+UNET_STEPS = 9000
+UNET_BATCH = 32
 EDGE_WEIGHT = 4.0
 OFFSET_NOISE = 0.1
+#: Share of training captions replaced by "" so the UNet also learns the unconditional
+#: prediction classifier-free guidance extrapolates from.
+CAPTION_DROPOUT = 0.2
+#: Min-SNR-gamma loss weights (Hang et al. 2023): a timestep whose signal-to-noise ratio is above
+#: gamma counts gamma/SNR as much, so the few nearly clean steps (whose fine-grain noise is easy
+#: and plentiful) stop dominating the gradient and the minutes go to layout and shape.
+MIN_SNR_GAMMA = 5.0
 #: The phrasings a training scene is captioned in (see :meth:`Scene.caption`).
 CAPTION_STYLES = (0, 0, 1, 2, 3)
 #: Every word a caption uses becomes one token (the rest of CLIP's BPE is kept byte-level).
@@ -266,6 +278,15 @@ def encode_captions(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, capti
     return cast(torch.Tensor, text_encoder(ids.input_ids)[0])
 
 
+def min_snr_weights(
+    noise_schedule: DDPMScheduler, timesteps: torch.Tensor, gamma: float = MIN_SNR_GAMMA
+) -> torch.Tensor:
+    """Per-sample loss weights min(SNR, gamma) / SNR for epsilon prediction (1 on noisy steps)."""
+    alphas = noise_schedule.alphas_cumprod[timesteps].float()
+    snr = alphas / (1 - alphas)
+    return snr.clamp(max=gamma) / snr
+
+
 def _warmup_cosine(steps: int) -> Callable[[int], float]:
     warmup = min(200, steps // 10 + 1)
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1)))
@@ -280,8 +301,10 @@ def train_unet(
     batch: int,
     train_text: bool,
     log: list[dict[str, float]],
+    caption_dropout: float = CAPTION_DROPOUT,
 ) -> None:
-    """Epsilon prediction on the SD noise schedule, 10% empty captions, cosine learning rate."""
+    """Epsilon prediction on :func:`shapes_scheduler`'s noise schedule with min-SNR weights,
+    ``caption_dropout`` empty captions, cosine learning rate."""
     unet, vae, text_encoder, tokenizer = parts["unet"], parts["vae"], parts["text_encoder"], parts["tokenizer"]
     noise_schedule = DDPMScheduler.from_config(shapes_scheduler().config)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if train_text else [])
@@ -295,7 +318,7 @@ def train_unet(
     for step in range(steps):
         index = torch.randint(0, len(data), (batch,), generator=generator)
         phrasing = torch.randint(0, 1 << 30, (batch,), generator=generator).tolist()
-        dropped = (torch.rand(batch, generator=generator) < 0.1).tolist()
+        dropped = (torch.rand(batch, generator=generator) < caption_dropout).tolist()
         captions = [
             "" if drop else data.captions[i][k % len(data.captions[i])]
             for i, k, drop in zip(index.tolist(), phrasing, dropped, strict=True)
@@ -309,7 +332,8 @@ def train_unet(
         noise += OFFSET_NOISE * torch.randn((batch, latents.shape[1], 1, 1), generator=generator)
         timesteps = torch.randint(0, noise_schedule.config.num_train_timesteps, (batch,), generator=generator)
         noisy = noise_schedule.add_noise(latents, noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, context).sample, noise)
+        per_image = F.mse_loss(unet(noisy, timesteps, context).sample, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(noise_schedule, timesteps) * per_image).mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -334,6 +358,7 @@ def train(
     unet_channels: tuple[int, ...] = UNET_CHANNELS,
     half: bool = True,
     vae_from: Path | None = None,
+    caption_dropout: float = CAPTION_DROPOUT,
 ) -> dict[str, Any]:
     """Train both stages and save the pipeline to ``out`` (safetensors); returns the record.
 
@@ -355,7 +380,7 @@ def train(
         vae_steps, vae_before = earlier["vae_steps"], earlier["minutes"]["vae"]
         log += [entry for entry in earlier["log"] if entry["stage"] == 0]
     vae_minutes = vae_before + (time.perf_counter() - started) / 60
-    train_unet(parts, data, scale, unet_steps, seed + 1, batch, train_text, log)
+    train_unet(parts, data, scale, unet_steps, seed + 1, batch, train_text, log, caption_dropout)
     components: dict[str, Any] = {**parts, "scheduler": shapes_scheduler(), "safety_checker": None,
                                   "feature_extractor": None, "image_encoder": None}  # fmt: skip
     pipe = StableDiffusionPipeline(**components, requires_safety_checker=False)
@@ -370,6 +395,9 @@ def train(
         "batch": batch,
         "unet_channels": list(unet_channels),
         "train_text_encoder": train_text,
+        "caption_dropout": caption_dropout,
+        "min_snr_gamma": MIN_SNR_GAMMA,
+        "offset_noise": OFFSET_NOISE,
         "weights": "float16" if half else "float32",
         "latent_scaling_factor": round(scale, 5),
         "minutes": {"vae": round(vae_minutes, 1), "total": round(vae_before + (time.perf_counter() - started) / 60, 1)},
@@ -395,14 +423,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=3000)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--unet-steps", type=int, default=UNET_STEPS)
+    parser.add_argument("--batch", type=int, default=UNET_BATCH)
     parser.add_argument("--dataset-size", type=int, default=40_000)
     parser.add_argument("--train-text-encoder", action="store_true")
+    parser.add_argument("--caption-dropout", type=float, default=CAPTION_DROPOUT)
     parser.add_argument("--vae-from", type=Path, default=None, help="reuse this model folder's VAE")
     args = parser.parse_args()
     record = train(args.out, args.seed, args.vae_steps, args.unet_steps, args.batch, args.train_text_encoder,
-                   dataset_size=args.dataset_size, vae_from=args.vae_from)  # fmt: skip
+                   dataset_size=args.dataset_size, vae_from=args.vae_from,
+                   caption_dropout=args.caption_dropout)  # fmt: skip
     print(f"trained in {record['minutes']['total']} min; saved to {args.out}")
 
 
