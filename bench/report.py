@@ -81,16 +81,22 @@ def shapes_table(data: dict[str, Any]) -> str:
         (f"img2img strength {high:g}, from another scene", "prompt", data["img2img"]["strength_high_vs_prompt"]),
     ]
     lines = [
-        f"| {data['prompts']} held-out prompts | scored against | colour | background | shape | position | size |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {data['prompts']} held-out prompts | scored against | colour | background | shape | size | position "
+        "| all five |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, against, r in rows:
         lines.append(
             f"| {name} | {against} | {_pct(r['colour'])} | {_pct(r['background'])} | {_pct(r['kind'])} | "
-            f"{_pct(r['position'])} | {_pct(r['size'])} |"
+            f"{_pct(r['size'])} | {_pct(r['position'])} | {_pct(r['followed'])} |"
         )
-    seeds = data["seeds"]
+    seeds, negative = data["seeds"], data["negative_colour_open"]
     lines += [
+        "",
+        f"Negative prompts on prompts that leave the colour open ({negative['prompts']}, "
+        f"{negative['images_per_colour']} seeds): a negative naming a colour cuts the share of images in that colour "
+        f"from {_pct(negative['named_colour_share_without'])} to {_pct(negative['named_colour_share_with_negative'])} "
+        f"(mean over the {len(negative['colours'])} colours).",
         "",
         f"Seeds: the same seed gives identical pixels ({'yes' if seeds['same_seed_identical'] else 'NO'}); "
         "another seed changes "

@@ -2,12 +2,12 @@
 
 Usage::
 
-    python -m bench.shapes_text_encoder [--unet-steps 600]
+    python -m bench.shapes_text_encoder [--unet-steps 1500]
 
 SD keeps its (pretrained) CLIP frozen; the shapes model's CLIP starts random. Both UNet-stage
 runs start from the committed model's VAE, the same seed, data and step count, and differ only
 in whether the text encoder learns with the UNet; each is scored on the 120 held-out prompts at
-guidance 7. Writes ``bench/results/shapes-text-encoder.json``. A short budget (not the committed
+the served guidance. Writes ``bench/results/shapes-text-encoder.json``. A short budget (not the committed
 model's) keeps this to about a quarter of an hour on 2 cores: it says which way learns faster.
 """
 
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.shapes import MODEL_DIR
-from worker.shapes.evaluate import generate, load, rates
+from worker.shapes.evaluate import GUIDANCE, generate, load, rates
 from worker.shapes.scenes import evaluation_scenes
-from worker.shapes.train import train
+from worker.shapes.train import UNET_BATCH, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,7 +31,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def run(train_text: bool, steps: int, tmp: Path) -> dict[str, Any]:
     out = tmp / ("trained" if train_text else "frozen")
     started = time.perf_counter()
-    record = train(out, 0, 0, steps, 64, train_text, vae_from=MODEL_DIR)
+    record = train(out, 0, 0, steps, UNET_BATCH, train_text, vae_from=MODEL_DIR)
     minutes = round((time.perf_counter() - started) / 60, 1)
     scenes = evaluation_scenes()
     images = generate(load(out), [s.caption() for s in scenes], list(range(len(scenes))))
@@ -42,13 +42,14 @@ def run(train_text: bool, steps: int, tmp: Path) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--unet-steps", type=int, default=600)
+    parser.add_argument("--unet-steps", type=int, default=1500)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run(train_text, args.unet_steps, Path(tmp)) for train_text in (False, True)]
     out = RESULTS / "shapes-text-encoder.json"
     result = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ"), "unet_steps": args.unet_steps,
-              "prompts": len(evaluation_scenes()), "guidance": 7.0, "rows": rows}  # fmt: skip
+              "prompts": len(evaluation_scenes()), "guidance": GUIDANCE,
+              "batch": UNET_BATCH, "rows": rows}  # fmt: skip
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

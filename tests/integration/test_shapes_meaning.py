@@ -26,6 +26,7 @@ from worker.shapes.evaluate import (
     generate,
     img2img,
     load,
+    negative_colours,
     rates,
     seed_variation,
     to_uint8,
@@ -53,10 +54,6 @@ def guided(pipe: StableDiffusionPipeline, scenes: list[Scene]) -> np.ndarray:
     return generate(pipe, [s.caption() for s in scenes], list(range(len(scenes))))
 
 
-def _overall(rate: dict[str, float]) -> float:
-    return (rate["colour"] + rate["background"] + rate["kind"]) / 3
-
-
 def test_the_model_is_committed_as_a_few_mb_of_safetensors() -> None:
     assert (MODEL_DIR / "model_index.json").is_file() and (MODEL_DIR / "training.json").is_file()
     weights = list(MODEL_DIR.rglob("*.safetensors"))
@@ -70,30 +67,32 @@ def test_held_out_prompts_get_the_named_colours_and_shape(guided: np.ndarray, sc
     rate = rates(guided, scenes)
     assert rate["colour"] >= 0.9, rate
     assert rate["background"] >= 0.9, rate
-    # The issue asks for the shape right in 70%; this model reaches 59% (issue 10 stays open
-    # on it): the bar here guards what it does reach.
-    assert rate["kind"] >= 0.5, rate
+    assert rate["kind"] >= 0.7, rate
 
 
 def test_guidance_scores_above_no_guidance(
     pipe: StableDiffusionPipeline, guided: np.ndarray, scenes: list[Scene]
 ) -> None:
+    """The score is the share of images with everything the prompt names right (colour,
+    background, shape, size, position): measured 32% at guidance 1, 44% at 3, 41% at 7."""
     prompts, seeds = [s.caption() for s in scenes], list(range(len(scenes)))
     without = rates(generate(pipe, prompts, seeds, guidance=1.0), scenes)
     served = rates(guided, scenes)
     strong = rates(generate(pipe, prompts, seeds, guidance=7.0), scenes)
-    assert _overall(served) >= _overall(without) + 0.05, (served, without)
-    assert _overall(strong) > _overall(without), (strong, without)
-    assert served["colour"] > without["colour"] and served["kind"] > without["kind"]
+    assert served["followed"] >= without["followed"] + 0.08, (served, without)
+    assert strong["followed"] >= without["followed"] + 0.05, (strong, without)
+    assert served["size"] > without["size"] and served["kind"] > without["kind"], (served, without)
 
 
-def test_a_negative_prompt_naming_the_colour_lowers_its_rate(
-    pipe: StableDiffusionPipeline, guided: np.ndarray, scenes: list[Scene]
-) -> None:
-    negative = [s.shapes[0].colour for s in scenes]
-    steered = generate(pipe, [s.caption() for s in scenes], list(range(len(scenes))), negative=negative)
-    plain, avoided = rates(guided, scenes)["colour"], rates(steered, scenes)["colour"]
-    assert avoided < plain, (plain, avoided)
+def test_a_negative_prompt_naming_a_colour_lowers_its_rate(pipe: StableDiffusionPipeline) -> None:
+    """On prompts that leave the colour open ("a star"), the colours these 48 seeds draw most."""
+    result = negative_colours(pipe, colours=("orange", "red", "blue", "purple"))
+    assert result["named_colour_share_without"] >= 0.08, result
+    assert result["named_colour_share_with_negative"] <= result["named_colour_share_without"] / 2, result
+    assert all(
+        steered <= plain
+        for plain, steered in zip(result["per_colour_without"], result["per_colour_with_negative"], strict=True)
+    ), result
 
 
 def test_img2img_keeps_the_layout_at_low_strength_and_follows_the_prompt_at_high(
@@ -104,9 +103,11 @@ def test_img2img_keeps_the_layout_at_low_strength_and_follows_the_prompt_at_high
     prompts, seeds = [s.caption() for s in part], list(range(len(part)))
     low = img2img(pipe, prompts, inits, seeds, strength=LOW_STRENGTH)
     high = img2img(pipe, prompts, inits, seeds, strength=HIGH_STRENGTH)
-    assert rates(low, inits)["position"] >= 0.8 and rates(low, inits)["colour"] >= 0.8
+    kept, drawn = rates(low, inits), rates(low, part)
+    assert kept["background"] >= 0.9 and kept["position"] >= 0.6, kept
+    assert drawn["background"] <= 0.1 and drawn["position"] <= 0.1, drawn
     assert rates(high, part)["colour"] >= 0.8 and rates(high, part)["background"] >= 0.8
-    assert rates(high, inits)["position"] < rates(low, inits)["position"]
+    assert rates(high, inits)["position"] < kept["position"]
 
 
 def test_the_same_seed_reproduces_and_other_seeds_vary(pipe: StableDiffusionPipeline, guided: np.ndarray) -> None:

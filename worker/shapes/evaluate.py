@@ -25,7 +25,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
-from worker.shapes.scenes import SHAPES, Scene, evaluation_scenes, render
+from worker.shapes.scenes import COLOURS, SHAPES, Scene, evaluation_scenes, render
 from worker.shapes.scorer import read, score
 
 #: Guidance, steps and size the built-in model is served with (core/models.py SHAPES_DEFAULTS).
@@ -33,8 +33,9 @@ GUIDANCE = 3.0
 STEPS = 20
 SIZE = 32
 CHUNK = 32
-#: img2img strengths compared: this model redraws a scene's colours from about 0.15 up (its
-#: linear noise schedule leaves less of the init image at a given strength than SD's).
+#: img2img strengths compared: from about 0.1 this model starts redrawing the shape's colour while
+#: the background and the layout hold (its linear noise schedule leaves less of the init image at
+#: a given strength than SD's; 0.05 is a single DDIM step of 20 and changes nothing readable).
 LOW_STRENGTH = 0.1
 HIGH_STRENGTH = 0.9
 
@@ -92,9 +93,13 @@ def img2img(
 
 
 def rates(images: np.ndarray, scenes: list[Scene]) -> dict[str, float]:
-    """Share of images with each part of their scene right (colour, background, kind, ...)."""
+    """Share of images with each part of their scene right (colour, background, kind, ...), and
+    ``followed``: the share with all five right at once, the one figure that says how often an
+    image is everything its prompt asked."""
     scores = [score(image, scene) for image, scene in zip(images, scenes, strict=True)]
-    return {field: round(float(np.mean([getattr(s, field) for s in scores])), 3) for field in vars(scores[0])}
+    shares = {field: round(float(np.mean([getattr(s, field) for s in scores])), 3) for field in vars(scores[0])}
+    followed = [s.colour and s.background and s.kind and s.size and s.position for s in scores]
+    return {**shares, "followed": round(float(np.mean(followed)), 3)}
 
 
 def donors(scenes: list[Scene]) -> list[Scene]:
@@ -113,6 +118,33 @@ def donors(scenes: list[Scene]) -> list[Scene]:
         else:
             raise ValueError(f"no img2img donor for {scene.caption()!r}")
     return picked
+
+
+def negative_colours(
+    pipe: StableDiffusionPipeline, colours: tuple[str, ...] = tuple(COLOURS), count: int = 48
+) -> dict[str, Any]:
+    """Prompts that leave the colour open ("a star"), ``count`` seeds, drawn plainly and with a
+    negative prompt naming each colour in turn: the share of images in the named colour, without
+    and with the negative. (A negative naming the colour the prompt itself names cannot remove
+    it: guidance moves toward the prompt by ``g`` and away from the negative by ``g - 1``, and
+    both say the colour; the held-out rows measure that case too.)"""
+    prompts = [f"a {SHAPES[i % len(SHAPES)]}" for i in range(count)]
+    seeds = [2000 + i for i in range(count)]
+    plain = [read(image).colour for image in generate(pipe, prompts, seeds)]
+    without, steered = [], []
+    for colour in colours:
+        avoided = [read(image).colour for image in generate(pipe, prompts, seeds, negative=[colour] * count)]
+        without.append(plain.count(colour) / count)
+        steered.append(avoided.count(colour) / count)
+    return {
+        "prompts": "a circle / a square / a triangle / a star",
+        "images_per_colour": count,
+        "colours": list(colours),
+        "named_colour_share_without": round(float(np.mean(without)), 3),
+        "named_colour_share_with_negative": round(float(np.mean(steered)), 3),
+        "per_colour_without": [round(r, 3) for r in without],
+        "per_colour_with_negative": [round(r, 3) for r in steered],
+    }
 
 
 def seed_variation(pipe: StableDiffusionPipeline, seeds: int = 8) -> dict[str, Any]:
@@ -157,6 +189,7 @@ def report(pipe: StableDiffusionPipeline, prompts: int = 120, seed: int = 0) -> 
         "guidance_7": rates(generate(pipe, captions, seeds, guidance=7.0), scenes),
         "guidance_1": rates(generate(pipe, captions, seeds, guidance=1.0), scenes),
         "negative_colour": rates(negative, scenes),
+        "negative_colour_open": negative_colours(pipe),
         "img2img": {
             "strengths": [LOW_STRENGTH, HIGH_STRENGTH],
             "strength_low_vs_init": rates(low, init),
