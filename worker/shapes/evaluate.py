@@ -137,7 +137,7 @@ def negative_colours(
         without.append(plain.count(colour) / count)
         steered.append(avoided.count(colour) / count)
     return {
-        "prompts": "a circle / a square / a triangle / a star",
+        "prompts": " / ".join(f"a {kind}" for kind in SHAPES),
         "images_per_colour": count,
         "colours": list(colours),
         "named_colour_share_without": round(float(np.mean(without)), 3),
