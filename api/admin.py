@@ -24,7 +24,7 @@ from pathlib import Path
 
 from core.apikeys import DEFAULT_SCOPES, SCOPES, ApiKey, KeyLimits, KeyStore, hash_token
 from core.config import get_settings
-from core.errors import SfumatoError
+from core.errors import ServiceError
 from core.jobs import connect
 from core.keyfile import read_key_file, seed_keys
 
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out: list[str] = []
     try:
         _run(args, out)
-    except SfumatoError as exc:
+    except ServiceError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 1
     for line in out:

@@ -10,8 +10,8 @@ from fastapi import FastAPI
 from api.errors import install_error_handlers
 from api.hardening import install_middleware
 from api.metrics import install_observability
+from api.resources import ApiServices
 from api.routes import admin_keys, events, files, health, images, models, openai_images, webhooks
-from api.services import ApiServices
 from api.startup import announce_auth_mode, check_models, seed_keys_from_file
 from api.webhook_sender import webhook_sender
 from core.config import Settings, get_settings

@@ -22,9 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.errors import response_for
-from api.services import ApiServices
+from api.resources import ApiServices
 from core.apikeys import Principal, anonymous_principal
-from core.errors import Forbidden, SfumatoError, Unauthorized
+from core.errors import Forbidden, ServiceError, Unauthorized
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 PUBLIC_PREFIXES = ("/v1/files/",)
@@ -75,7 +75,7 @@ class AuthMiddleware:
         authorization = _header(scope, b"authorization")
         try:
             principal = await run_in_threadpool(authenticate, services, authorization)
-        except SfumatoError as exc:
+        except ServiceError as exc:
             response = response_for(exc)
             if _header(scope, b"content-length") not in (None, "0") or _header(scope, b"transfer-encoding"):
                 response.headers["Connection"] = "close"  # its body is never read

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from api.auth import require
-from api.services import ApiServices
+from api.resources import ApiServices
 from core.apikeys import ADMIN, IMAGES_READ, IMAGES_WRITE, Principal
 
 

@@ -25,7 +25,7 @@ from core.errors import (
     PayloadTooLarge,
     QueueUnavailable,
     RateLimited,
-    SfumatoError,
+    ServiceError,
     StorageUnavailable,
     Unauthorized,
     UnsafeUrl,
@@ -36,7 +36,7 @@ from core.schemas import ErrorResponse
 log = logging.getLogger("sfumato.api")
 
 #: Most specific class first; the first match wins.
-HTTP_STATUS: tuple[tuple[type[SfumatoError], int], ...] = (
+HTTP_STATUS: tuple[tuple[type[ServiceError], int], ...] = (
     (InvalidRequest, 422),
     (UnsafeUrl, 422),  # a webhook_url the server refuses to call
     (WaitTimeout, 504),
@@ -86,7 +86,7 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorResponse, **_DOCUMENTED[status]} for status in sorted(set(statuses))}
 
 
-def status_for(exc: SfumatoError) -> int:
+def status_for(exc: ServiceError) -> int:
     for cls, status in HTTP_STATUS:
         if isinstance(exc, cls):
             return status
@@ -112,7 +112,7 @@ def _describe_validation_error(err: dict[str, Any]) -> tuple[str | None, str]:
     return param, message
 
 
-def _headers_for(exc: SfumatoError, status: int) -> dict[str, str]:
+def _headers_for(exc: ServiceError, status: int) -> dict[str, str]:
     """Headers the status calls for: when to retry (429, 503), how to authenticate (401)."""
     if isinstance(exc, RateLimited):
         return {"Retry-After": str(exc.retry_after_s)}
@@ -126,14 +126,14 @@ def _headers_for(exc: SfumatoError, status: int) -> dict[str, str]:
     return {}
 
 
-def response_for(exc: SfumatoError) -> JSONResponse:
+def response_for(exc: ServiceError) -> JSONResponse:
     """The HTTP response of ``exc``: used by the handler below and by the ASGI middlewares."""
     status = status_for(exc)
     return error_response(status, exc.code, exc.message, exc.param, **_headers_for(exc, status))
 
 
-async def _sfumato_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, SfumatoError)
+async def _service_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
     return response_for(exc)
 
 
@@ -162,7 +162,7 @@ async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(SfumatoError, _sfumato_error)
+    app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

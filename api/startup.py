@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from api.services import ApiServices
+from api.resources import ApiServices
 from core.config import Settings
 from core.errors import QueueUnavailable
 from core.keyfile import read_key_file, seed_keys

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
 
-from api.services import ApiServices
+from api.resources import ApiServices
 from core.apikeys import Principal
 from core.errors import NoWorker
 from core.idempotency import fingerprint

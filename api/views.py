@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from api.services import ApiServices
+from api.resources import ApiServices
 from core.jobs import JobRecord, redis_errors
 from core.presence import live_workers
 from core.progress import latest_progress, queue_position

@@ -174,8 +174,8 @@ def _fuzz_one(
 @contextmanager
 def fuzz_target(workdir: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A private Redis and an API process configured for fuzzing; yields (base URL, headers)."""
-    from core.net import free_port
-    from core.redis_server import start_redis
+    from devstack.net import free_port
+    from devstack.redis_server import start_redis
     from tests.support.keys import bearer, env_key
     from tests.support.processes import start_api
 

@@ -31,8 +31,8 @@ import httpx
 import psutil
 import torch
 
-from core.net import free_port
-from core.redis_server import start_redis
+from devstack.net import free_port
+from devstack.redis_server import start_redis
 from tests.support.env import NO_LIMITS, s3_env, service_env
 from tests.support.processes import start_api, start_worker, wait_for_workers
 from tests.support.seaweed import start_seaweed
@@ -80,7 +80,7 @@ CASES = {
 
 def model_folder(case: ModelCase, data_dir: Path) -> Path:
     if case.name.startswith("tiny"):
-        from worker.tiny import ensure_tiny_model
+        from worker.builtin.tiny import ensure_tiny_model
 
         return ensure_tiny_model(data_dir)
     from bench.sd15_random import ensure_sd15_random

@@ -31,8 +31,8 @@ from bench.batching import RESULTS
 from bench.drift import compare
 from bench.sd15_random import ensure_sd15_random
 from tests.support.engine import engine_settings, payload
-from worker.engine import Engine
-from worker.execute import run_splitting_on_oom
+from worker.pipelines.engine import Engine
+from worker.runtime.execute import run_splitting_on_oom
 
 SIZE = 512
 STEPS = 8

@@ -23,7 +23,7 @@ import numpy as np
 
 from bench.batching import RESULTS
 from tests.support.engine import engine_settings, payload
-from worker.engine import Engine
+from worker.pipelines.engine import Engine
 
 CASES: dict[str, dict[str, Any]] = {
     "tiny": {"dtypes": ("float32", "bfloat16"), "size": 64, "steps": 20, "batches": (2, 4, 8)},

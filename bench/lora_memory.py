@@ -36,7 +36,7 @@ from bench.batching import RESULTS
 from core.schemas import JobPayload, LoraWeight
 from tests.support.engine import engine_settings, payload
 from tests.support.lora import make_lora
-from worker.engine import Engine
+from worker.pipelines.engine import Engine
 
 PHASES: dict[str, int] = {"cached": 8, "evicting": 1}
 WARMUP = 10

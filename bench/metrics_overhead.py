@@ -4,7 +4,7 @@ One *batch* is what a worker does per pipeline call, minus Redis: ``execute.gene
 the tiny model (4 jobs x 1 image, 64 px, 8 steps), ``execute.store_outputs`` of each job to
 local disk, and the runner's ``job_ended`` hook for each job. It runs in two modes:
 
-- ``on``: ``worker.metrics`` installed and recording, the store wrapped (upload timing), JSON
+- ``on``: ``worker.runtime.metrics`` installed and recording, the store wrapped (upload timing), JSON
   logs at INFO written (to /dev/null, so formatting and writing are paid);
 - ``off``: hooks off (``set_recording(False)``), the bare store, logs at WARNING.
 
@@ -51,9 +51,9 @@ from core.config import Settings
 from core.logs import configure_logging
 from core.schemas import JobPayload
 from core.storage import LocalStore, ObjectStore
-from worker import metrics as worker_metrics
-from worker.engine import Engine
-from worker.execute import generate_batch, store_outputs
+from worker.pipelines.engine import Engine
+from worker.runtime import metrics as worker_metrics
+from worker.runtime.execute import generate_batch, store_outputs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = 0.01  # the budget: under 1% of batch time
@@ -88,7 +88,7 @@ def _rq_jobs(payloads: Sequence[JobPayload], connection: redis.Redis) -> list[Jo
     jobs = []
     for payload in payloads:
         job = Job.create(
-            "worker.tasks.generate",
+            "worker.runtime.tasks.generate",
             args=[payload.model_dump(mode="json")],
             id=payload.job_id,
             connection=connection,

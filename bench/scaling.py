@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.batching import ModelCase, closed_loop, measured_loop, model_folder
-from core.net import free_port
-from core.redis_server import start_redis
+from devstack.net import free_port
+from devstack.redis_server import start_redis
 from tests.support.env import NO_LIMITS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
 from tests.support.seaweed import start_seaweed

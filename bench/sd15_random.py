@@ -20,7 +20,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from worker.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, sd_scheduler, tiny_vocab
+from worker.builtin.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, sd_scheduler, tiny_vocab
 
 NAME = "sd15-random-bf16"
 

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from core.apikeys import KeyLimits
-from core.net import free_port
-from core.redis_server import start_redis
+from devstack.net import free_port
+from devstack.redis_server import start_redis
 from tests.support.bombs import b64, jpeg_header_only, png_bomb, png_header_only
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.shapes [--model worker/shapes/model] [--prompts 120]
+    python -m bench.shapes [--model worker/builtin/shapes/model] [--prompts 120]
 
 Writes ``bench/results/shapes.json``: per-part rates at guidance 7 and 1, with a negative prompt
 naming the shape's colour, img2img at strength 0.3 and 0.9 (scored against the init image's
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from worker.shapes import MODEL_DIR
-from worker.shapes.evaluate import GUIDANCE, SIZE, STEPS, load, report
+from training.shapes.evaluate import GUIDANCE, SIZE, STEPS, load, report
+from worker.builtin.shapes import MODEL_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from worker.shapes import MODEL_DIR
-from worker.shapes.evaluate import GUIDANCE, generate, load, rates
-from worker.shapes.scenes import evaluation_scenes
-from worker.shapes.train import UNET_BATCH, train
+from training.shapes.evaluate import GUIDANCE, generate, load, rates
+from training.shapes.scenes import evaluation_scenes
+from training.shapes.train import UNET_BATCH, train
+from worker.builtin.shapes import MODEL_DIR
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

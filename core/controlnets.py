@@ -26,7 +26,7 @@ MIN_SCALE = 0.0
 MAX_SCALE = 2.0
 #: Scales and start/end fractions are rounded to this many decimals (batch key = what runs).
 DECIMALS = 3
-#: What ``preprocess`` may say; the worker implements each (worker/canny.py).
+#: What ``preprocess`` may say; the worker implements each (worker/pipelines/canny.py).
 PREPROCESSORS = ("none", "canny")
 #: Families whose pipelines the worker can build with a ControlNet.
 SUPPORTED_FAMILIES = ("sd1", "sd2", "tiny")

@@ -1,9 +1,12 @@
 """The one error hierarchy of Sfumato.
 
-Every error a client can see is a :class:`SfumatoError` with a stable ``code`` (part of the
+Every error a client can see is a :class:`ServiceError` with a stable ``code`` (part of the
 API contract), a human ``message`` and, where one field is to blame, the ``param``. The API maps
 each class to an HTTP status in exactly one place (``api/errors.py``); the worker stores
 ``code`` and ``message`` on failed jobs. Messages never contain tracebacks.
+
+The base is ``ServiceError``, not ``SfumatoError``: that name belongs to the client SDK
+(``sfumato.SfumatoError``, what a client catches), and the server's hierarchy is another thing.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ class ErrorDict(TypedDict):
     param: str | None
 
 
-class SfumatoError(Exception):
+class ServiceError(Exception):
     """Base class. ``code`` is stable; ``message`` teaches the caller what to change."""
 
     code: str = "internal_error"
@@ -36,7 +39,7 @@ class SfumatoError(Exception):
         return {"code": self.code, "message": self.message, "param": self.param}
 
 
-class InvalidRequest(SfumatoError):
+class InvalidRequest(ServiceError):
     """The request breaks a rule or a limit; nothing was enqueued."""
 
     code = "invalid_request"
@@ -48,44 +51,44 @@ class UnknownChoice(InvalidRequest):
     code = "unknown_choice"
 
 
-class JobNotFound(SfumatoError):
+class JobNotFound(ServiceError):
     """No such job (or not visible to the caller)."""
 
     code = "not_found"
 
 
-class JobConflict(SfumatoError):
+class JobConflict(ServiceError):
     """The job's state does not allow the operation (e.g. cancelling a finished job)."""
 
     code = "conflict"
 
 
-class QueueUnavailable(SfumatoError):
+class QueueUnavailable(ServiceError):
     """Redis cannot be reached; clients should retry after a short wait."""
 
     code = "queue_unavailable"
     retry_after_s = 2
 
 
-class StorageUnavailable(SfumatoError):
+class StorageUnavailable(ServiceError):
     """The object store refused or could not be reached."""
 
     code = "storage_unavailable"
 
 
-class InvalidSignature(SfumatoError):
+class InvalidSignature(ServiceError):
     """A signed URL was tampered with or has expired."""
 
     code = "invalid_signature"
 
 
-class GenerationFailed(SfumatoError):
+class GenerationFailed(ServiceError):
     """The model raised while generating; stored on the failed job."""
 
     code = "generation_failed"
 
 
-class ModelUnavailable(SfumatoError):
+class ModelUnavailable(ServiceError):
     """The configured model cannot be loaded or the requested backend is missing."""
 
     code = "model_unavailable"
@@ -116,7 +119,7 @@ class OutOfMemory(GenerationFailed):
 # --- security -------------------------------------------------------------------------------
 
 
-class Unauthorized(SfumatoError):
+class Unauthorized(ServiceError):
     """No API key, or one that is malformed, unknown or revoked (HTTP 401)."""
 
     code = "unauthorized"
@@ -127,13 +130,13 @@ class Unauthorized(SfumatoError):
         self.token_presented = token_presented
 
 
-class Forbidden(SfumatoError):
+class Forbidden(ServiceError):
     """The key is valid but lacks the scope the operation needs (HTTP 403)."""
 
     code = "forbidden"
 
 
-class RateLimited(SfumatoError):
+class RateLimited(ServiceError):
     """A per-key rate limit or quota is exhausted (HTTP 429 + ``Retry-After``).
 
     ``param`` names the limit (``requests_per_second``, ``images_per_minute``,
@@ -153,19 +156,19 @@ class QueueFull(RateLimited):
     code = "queue_full"
 
 
-class PayloadTooLarge(SfumatoError):
+class PayloadTooLarge(ServiceError):
     """The request body is larger than SFUMATO_MAX_BODY_BYTES (HTTP 413); it was not parsed."""
 
     code = "payload_too_large"
 
 
-class UnsafeUrl(SfumatoError):
+class UnsafeUrl(ServiceError):
     """A URL the server was asked to fetch is refused (scheme, address, redirect, size, time)."""
 
     code = "unsafe_url"
 
 
-class WaitTimeout(SfumatoError):
+class WaitTimeout(ServiceError):
     """A synchronous call (``POST /v1/images/generations``) ran out of time waiting for its job
     (HTTP 504); the job was canceled so it does not run for nobody."""
 

@@ -33,7 +33,7 @@ from core.schemas import JobPayload, JobResult, JobStatus
 
 #: The function path recorded on each RQ job. Only the Sfumato worker executes these jobs; the
 #: path names a function that explains that if a plain ``rq worker`` ever picks one up.
-GENERATE_FUNC = "worker.tasks.generate"
+GENERATE_FUNC = "worker.runtime.tasks.generate"
 
 #: meta fields (small, bounded): never prompts or images, those stay in the payload.
 META_TENANT = "tenant"

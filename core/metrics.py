@@ -8,8 +8,8 @@ Who exports what:
 
 - the API: HTTP metrics (``api/metrics.py``), jobs submitted and canceled (recorded in
   ``core/jobs.py``), and the queue seen from Redis at scrape time (``core/queue_metrics.py``);
-- each worker: jobs succeeded/failed and everything about generation (``worker/metrics.py``),
-  served on its own port (``worker/health_server.py``).
+- each worker: jobs succeeded/failed and everything about generation (``worker/runtime/metrics.py``),
+  served on its own port (``worker/runtime/health_server.py``).
 
 ``sfumato_jobs_finished_total`` is exported by both sides (canceled by the API, succeeded and
 failed by the workers); sum it across targets.
@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, disable_crea
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from core.errors import SfumatoError
+from core.errors import ServiceError
 from core.schemas import JobPayload
 
 log = logging.getLogger("sfumato.jobs")
@@ -40,7 +40,7 @@ NAMESPACE = "sfumato"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: The value of the ``code`` label when a job did not fail.
 NO_ERROR = "none"
-#: Error codes that are not a SfumatoError class attribute but are set by the runner.
+#: Error codes that are not a ServiceError class attribute but are set by the runner.
 _EXTRA_CODES = frozenset({"timeout", "canceled", "worker_lost", "deadline_exceeded", "internal_error"})
 #: Label names that would make a series per request: a test checks no metric uses them.
 FORBIDDEN_LABELS = frozenset({"job_id", "request_id", "tenant", "prompt", "path", "key", "id", "seed"})
@@ -67,8 +67,8 @@ JOBS_FINISHED = Counter(
 
 @lru_cache(maxsize=1)
 def known_error_codes() -> frozenset[str]:
-    """Every ``code`` of the SfumatoError hierarchy, plus the runner's own ones."""
-    codes, pending = set(_EXTRA_CODES), [SfumatoError]
+    """Every ``code`` of the ServiceError hierarchy, plus the runner's own ones."""
+    codes, pending = set(_EXTRA_CODES), [ServiceError]
     while pending:
         cls = pending.pop()
         codes.add(cls.code)

@@ -1,6 +1,6 @@
 """Scheduler (sampler) names clients may use, and their A1111 spellings.
 
-Torch-free on purpose: the API validates names before enqueueing; ``worker/schedulers.py``
+Torch-free on purpose: the API validates names before enqueueing; ``worker/pipelines/schedulers.py``
 maps the canonical names to diffusers classes.
 """
 

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from core.config import Settings, get_settings
-from core.redis_server import RedisServer, start_redis
+from devstack.redis_server import RedisServer, start_redis
 from tests.support.env import without_sfumato
 from tests.support.seaweed import SeaweedServer, start_seaweed
 

@@ -1,1 +1,3 @@
-"""The GPU side: resident model, batching runner, RQ integration."""
+"""The GPU side, in rooms: ``runtime/`` (RQ loop, batching, execution, uploads, health,
+metrics, progress), ``pipelines/`` (model residency and families) and ``builtin/`` (the
+built-in models). ``python -m worker`` (``sfumato-worker``) starts one worker."""

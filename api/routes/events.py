@@ -1,4 +1,4 @@
-"""``GET /v1/images/{id}/events``: a job's progress and end as Server-Sent Events (api/events.py)."""
+"""``GET /v1/images/{id}/events``: a job's progress and end as Server-Sent Events (api/event_stream.py)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from api.errors import AUTHENTICATED, documented
 from api.openai_compat import OpenAIImageRequest, images_response, to_image_request
 from api.submission import submit
 from api.views import render_job
-from core.errors import JobConflict, SfumatoError, WaitTimeout
+from core.errors import JobConflict, ServiceError, WaitTimeout
 
 router = APIRouter(prefix="/v1/images", tags=["openai"])
 
@@ -33,14 +33,14 @@ async def openai_generate(body: OpenAIImageRequest, request: Request, services: 
     timeout_s = services.settings.openai_timeout_s
     record = await services.waiter.wait(services.jobs, job_id, tenant, timeout_s)
     if record.status in ("queued", "running"):
-        with suppress(SfumatoError):  # it may end right now; either way nobody waits for it
+        with suppress(ServiceError):  # it may end right now; either way nobody waits for it
             await run_in_threadpool(services.jobs.cancel, job_id, tenant)
         raise WaitTimeout(f"the images were not ready within {timeout_s:g} s; job {job_id} was canceled")
     if record.status == "canceled":
         raise JobConflict(f"job {job_id} was canceled before it finished", param="id")
     if record.status == "failed":
         error = record.error or {"code": "internal_error", "message": "the job failed", "param": None}
-        raise SfumatoError(error["message"], param=error["param"], code=error["code"])
+        raise ServiceError(error["message"], param=error["param"], code=error["code"])
     view = await run_in_threadpool(render_job, record, services, str(request.base_url))
     urls = [image.url for image in view.images]
     body_out = await run_in_threadpool(images_response, record, urls, body.response_format or "url", services.store)

@@ -32,8 +32,8 @@ from typing import Any
 
 import httpx
 
-from core.net import free_port
-from core.redis_server import RedisServer, start_redis
+from devstack.net import free_port
+from devstack.redis_server import RedisServer, start_redis
 from tests.support.env import FAST_LIVENESS, NO_LIMITS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 from tests.support.seaweed import SeaweedServer, start_seaweed

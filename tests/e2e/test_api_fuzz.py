@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.api_fuzz import fuzz, fuzz_env
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.keys import bearer, env_key
 from tests.support.processes import start_api
 

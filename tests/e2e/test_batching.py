@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.env import service_env
 from tests.support.keys import bearer, env_key
 from tests.support.processes import start_api, start_worker, wait_for_workers, wait_until

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from core.config import Settings
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.bombs import b64, jpeg_header_only, png_bomb, png_header_only
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api

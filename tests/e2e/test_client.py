@@ -21,7 +21,7 @@ import openai
 import pytest
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from sfumato import AsyncClient, Client, Job, Progress
 from sfumato.webhooks import verify
 from tests.support.env import NO_LIMITS, s3_env, service_env

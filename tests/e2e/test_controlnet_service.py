@@ -15,7 +15,7 @@ import pytest
 import redis
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.bombs import b64 as raw_b64
 from tests.support.bombs import png_header_only
 from tests.support.controlnet import b64, edge_map, make_controlnet, shapes_image

@@ -14,7 +14,7 @@ import pytest
 import redis
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.env import s3_env, service_env
 from tests.support.keys import bearer, env_key
 from tests.support.lora import make_lora

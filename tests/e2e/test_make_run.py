@@ -1,4 +1,4 @@
-"""``make run``'s stack (``python -m worker.devstack``) with nothing configured: a private Redis,
+"""``make run``'s stack (``python -m devstack``) with nothing configured: a private Redis,
 a worker with the built-in shapes model and the API; a first request over HTTP gets back an
 image that shows what its prompt asked for, read by the scorer, not by eye."""
 
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.env import without_sfumato
 from tests.support.processes import REPO_ROOT, wait_until
-from worker.shapes.scenes import evaluation_scenes
-from worker.shapes.scorer import score
+from training.shapes.scenes import evaluation_scenes
+from training.shapes.scorer import score
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -39,7 +39,7 @@ def devstack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     }
     log_path = tmp / "devstack.log"
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "worker.devstack"], cwd=REPO_ROOT, env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "devstack"], cwd=REPO_ROOT, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
     base_url = f"http://127.0.0.1:{port}"
 

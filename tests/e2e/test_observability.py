@@ -28,7 +28,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_until
 from tests.support.prometheus import DASHBOARD, RULES, grafana_expr, start_prometheus

@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from core.apikeys import KeyLimits
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api
 from tests.support.race import race

@@ -20,12 +20,12 @@ import pytest
 import redis
 from PIL import Image
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.embedding import make_embedding, registry_toml
 from tests.support.env import NO_LIMITS, service_env
 from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_until
-from worker.tiny import ensure_tiny_model
+from worker.builtin.tiny import ensure_tiny_model
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.engine import engine_settings
-from worker.engine import Engine
+from worker.pipelines.engine import Engine
 
 
 @pytest.fixture(scope="session")

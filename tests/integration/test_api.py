@@ -19,7 +19,7 @@ from PIL import Image
 from api.app import create_app
 from core.config import Settings
 from core.models import queue_name
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.api_server import serve_app
 from tests.support.keys import bearer, create_key
 

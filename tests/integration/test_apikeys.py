@@ -16,7 +16,7 @@ from core.config import Settings
 from core.errors import InvalidRequest, KeyNotFound, Unauthorized
 from core.jobs import connect
 from core.keyfile import read_key_file, seed_keys
-from core.net import free_port
+from devstack.net import free_port
 from tests.conftest import SettingsFactory
 from tests.support.env import settings_env
 from tests.support.processes import REPO_ROOT

@@ -18,7 +18,7 @@ from core.jobs import JobStore, connect, new_job_id
 from core.models import queue_name
 from core.schemas import JobPayload
 from tests.conftest import SettingsFactory
-from worker.batcher import BatchPolicy, PartnerClaimer, gather_partners
+from worker.runtime.batcher import BatchPolicy, PartnerClaimer, gather_partners
 
 
 @pytest.fixture

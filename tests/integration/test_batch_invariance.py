@@ -17,8 +17,8 @@ import torch
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 from core.schemas import JobPayload
 from tests.support.engine import noise_image, payload
-from worker.engine import Engine
-from worker.execute import generate_batch
+from worker.pipelines.engine import Engine
+from worker.runtime.execute import generate_batch
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from api.app import create_app
-from api.events import STREAMS_OPEN
+from api.event_stream import STREAMS_OPEN
 from core.config import Settings
 from sfumato import Client, RateLimitError
 from sfumato._common import SSEParser

@@ -36,10 +36,10 @@ from tests.integration.test_batch_invariance import UnetFaults, assert_same_imag
 from tests.support.controlnet import b64, edge_map, make_controlnet, shapes_image
 from tests.support.engine import engine_settings, payload
 from tests.support.lora import make_lora
-from worker.canny import canny_image
-from worker.encoding import encode_image
-from worker.engine import Engine
-from worker.execute import generate_batch
+from worker.pipelines.canny import canny_image
+from worker.pipelines.engine import Engine
+from worker.runtime.encoding import encode_image
+from worker.runtime.execute import generate_batch
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword",

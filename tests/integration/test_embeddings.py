@@ -15,9 +15,9 @@ from core.errors import ModelUnavailable
 from core.models import EmbeddingSpec
 from tests.support.embedding import make_embedding, registry_toml
 from tests.support.engine import engine_settings, payload
-from worker.embeddings import load_embeddings
-from worker.engine import Engine
-from worker.tiny import TEXT_WIDTH, build_tiny_pipeline
+from worker.builtin.tiny import TEXT_WIDTH, build_tiny_pipeline
+from worker.pipelines.embeddings import load_embeddings
+from worker.pipelines.engine import Engine
 
 TOKEN = "<ink-wash>"
 

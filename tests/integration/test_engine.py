@@ -25,9 +25,9 @@ from tests.support.engine import b64 as _b64
 from tests.support.engine import engine_settings as _settings
 from tests.support.engine import noise_image as _noise_image
 from tests.support.engine import payload
-from worker import tiny
-from worker.encoding import content_type_for, encode_image
-from worker.engine import Engine
+from worker.builtin import tiny
+from worker.pipelines.engine import Engine
+from worker.runtime.encoding import content_type_for, encode_image
 
 # LMS and UniPC call np.array() on a tensor; numpy 2 warns about the copy keyword. Harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -140,7 +140,7 @@ def test_clip_skip_4_runs_and_differs(engine: Engine) -> None:
 
 
 def test_clip_skip_uses_the_earlier_layer_with_the_final_norm(engine: Engine) -> None:
-    # diffusers 0.42 reads text_encoder.text_model, gone in transformers 5 (worker.clip_compat).
+    # diffusers 0.42 reads text_encoder.text_model, gone in transformers 5 (worker.pipelines.clip_compat).
     pipe = engine.pipeline("txt2img", "ddim")
     encoder = pipe.text_encoder
     ids = pipe.tokenizer(["a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids

@@ -21,8 +21,8 @@ from core.config import Settings
 from core.errors import JobConflict, JobNotFound, QueueUnavailable
 from core.jobs import GENERATE_FUNC, META_ERROR, META_TENANT, JobStore, cancel_key, connect, new_job_id, wire_payload
 from core.models import queue_name
-from core.net import free_port
 from core.schemas import JobPayload, JobResult, StoredImage, Timings
+from devstack.net import free_port
 from tests.conftest import SettingsFactory
 
 TENANT = "acme"

@@ -27,9 +27,9 @@ from tests.integration.test_batch_claim import setup as queue_setup
 from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.engine import engine_settings, payload
 from tests.support.lora import make_lora
-from worker.encoding import encode_image
-from worker.engine import Engine
-from worker.execute import generate_batch
+from worker.pipelines.engine import Engine
+from worker.runtime.encoding import encode_image
+from worker.runtime.execute import generate_batch
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword",

@@ -14,8 +14,8 @@ import torch
 
 from core.config import Settings
 from core.errors import ModelUnavailable
-from worker.engine import _load_pipeline
-from worker.tiny import ensure_tiny_model
+from worker.builtin.tiny import ensure_tiny_model
+from worker.pipelines.engine import _load_pipeline
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""core.redis_server: the private Redis that `make run` and the tests start."""
+"""devstack.redis_server: the private Redis that `make run` and the tests start."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from core.redis_server import RedisServer, RedisServerError, find_redis_server, start_redis
+from devstack.redis_server import RedisServer, RedisServerError, find_redis_server, start_redis
 from tests.support.processes import wait_until
 
 

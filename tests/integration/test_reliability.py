@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from core.net import free_port
-from core.redis_server import start_redis
+from devstack.net import free_port
+from devstack.redis_server import start_redis
 from tests.support.env import FAST_LIVENESS, s3_env, service_env
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers, wait_until
 from tests.support.scrape import Scrape

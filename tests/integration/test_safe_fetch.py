@@ -119,7 +119,7 @@ def test_size_limit_while_streaming(receiver: Receiver, chunked: bool) -> None:
 
 
 def test_a_closed_port_is_an_unsafe_url_error_not_a_crash(receiver: Receiver) -> None:
-    from core.net import free_port
+    from devstack.net import free_port
 
     with pytest.raises(UnsafeUrl, match="could not connect"):
         fetch(f"http://127.0.0.1:{free_port()}/", policy=LOOPBACK_OK)

@@ -26,9 +26,9 @@ from core.errors import GenerationFailed
 from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.engine import noise_image
 from tests.support.sdxl import sdxl_payload, sdxl_settings
-from worker import sdxl
-from worker.engine import Engine
-from worker.tiny_sdxl import ensure_tiny_sdxl_refiner
+from worker.builtin.tiny_sdxl import ensure_tiny_sdxl_refiner
+from worker.pipelines import sdxl
+from worker.pipelines.engine import Engine
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

@@ -4,7 +4,7 @@ from the committed safetensors.
 
 The thresholds for colour, background and shape are the issue's, on 120 prompts; the others
 compare two conditions on the same prompts and seeds. ``python -m bench.shapes`` writes the same
-figures to bench/results/shapes.json (the README quotes them); this is the subset that fits in
+figures to bench/results/shapes.json (docs/models/shapes.md quotes them); this is the subset that fits in
 ``make test`` (about a minute on 2 cores).
 """
 
@@ -17,9 +17,7 @@ import pytest
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 
 from tests.support.engine import engine_settings, payload
-from worker.engine import Engine
-from worker.shapes import MODEL_DIR
-from worker.shapes.evaluate import (
+from training.shapes.evaluate import (
     HIGH_STRENGTH,
     LOW_STRENGTH,
     donors,
@@ -31,7 +29,9 @@ from worker.shapes.evaluate import (
     seed_variation,
     to_uint8,
 )
-from worker.shapes.scenes import Scene, evaluation_scenes
+from training.shapes.scenes import Scene, evaluation_scenes
+from worker.builtin.shapes import MODEL_DIR
+from worker.pipelines.engine import Engine
 
 pytestmark = pytest.mark.timeout(900)
 

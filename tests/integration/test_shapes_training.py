@@ -11,7 +11,15 @@ import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import StableDiffusionPipeline
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 
-from worker.shapes.train import MIN_SNR_GAMMA, WORDS, build_components, edges, min_snr_weights, shapes_scheduler, train
+from training.shapes.train import (
+    MIN_SNR_GAMMA,
+    WORDS,
+    build_components,
+    edges,
+    min_snr_weights,
+    shapes_scheduler,
+    train,
+)
 
 
 def test_every_caption_word_is_one_token() -> None:

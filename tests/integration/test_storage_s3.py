@@ -9,8 +9,8 @@ import pytest
 
 from core.config import Settings
 from core.errors import InvalidSignature, StorageUnavailable
-from core.net import free_port
 from core.storage import S3Store, build_store, image_key
+from devstack.net import free_port
 from tests.conftest import SettingsFactory
 from tests.support.processes import wait_until
 from tests.support.seaweed import SeaweedServer

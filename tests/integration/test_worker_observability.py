@@ -17,11 +17,11 @@ from rq.serializers import JSONSerializer
 from core.storage import LocalStore
 from tests.support.engine import payload
 from tests.support.scrape import Scrape
-from worker import metrics as worker_metrics
-from worker.engine import Engine
-from worker.execute import generate_batch
-from worker.health_server import HealthServer, WorkerCollector, WorkerProbe
-from worker.runner import SfumatoWorker
+from worker.pipelines.engine import Engine
+from worker.runtime import metrics as worker_metrics
+from worker.runtime.execute import generate_batch
+from worker.runtime.health_server import HealthServer, WorkerCollector, WorkerProbe
+from worker.runtime.runner import SfumatoWorker
 
 
 @pytest.fixture

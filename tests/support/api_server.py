@@ -11,7 +11,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from core.net import free_port
+from devstack.net import free_port
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import torch
 from diffusers.models.controlnets.controlnet import ControlNetModel
 from PIL import Image, ImageDraw
 
-from worker.tiny import build_tiny_pipeline
+from worker.builtin.tiny import build_tiny_pipeline
 
 #: Three stride-2 convolutions: the control image (pixels) down to the latent size (/8).
 CONDITIONING_CHANNELS = (8, 16, 16, 32)

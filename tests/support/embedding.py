@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from worker.tiny import TEXT_WIDTH
+from worker.builtin.tiny import TEXT_WIDTH
 
 
 def make_embedding(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from core.net import free_port
+from devstack.net import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from core.net import free_port
+from devstack.net import free_port
 from tests.support.processes import REPO_ROOT, ServiceProcess, wait_until
 
 DEPLOY = REPO_ROOT / "deploy"

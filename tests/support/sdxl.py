@@ -8,7 +8,7 @@ from typing import Any
 from core.config import Settings
 from core.schemas import JobPayload, RefinerSettings
 from tests.support.engine import engine_settings, payload
-from worker.sdxl import TINY_SDXL, TINY_SDXL_REFINER
+from worker.pipelines.sdxl import TINY_SDXL, TINY_SDXL_REFINER
 
 #: The model id clients use for the built-in tiny SDXL (SFUMATO_MODEL=tiny-sdxl).
 MODEL = "tiny-sdxl"

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from core.net import LOOPBACK, free_ports
+from devstack.net import LOOPBACK, free_ports
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.batcher import BatchPolicy, WaitAdvisor, gather_partners
+from worker.runtime.batcher import BatchPolicy, WaitAdvisor, gather_partners
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""worker.canny on synthetic images whose edges are known: where edges appear, that they are
+"""worker.pipelines.canny on synthetic images whose edges are known: where edges appear, that they are
 one pixel thin, and what the double threshold and hysteresis keep."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from worker.canny import HIGH_THRESHOLD, LOW_THRESHOLD, canny_edges, canny_image
+from worker.pipelines.canny import HIGH_THRESHOLD, LOW_THRESHOLD, canny_edges, canny_image
 
 
 def square(size: int = 64, lo: int = 0, hi: int = 255) -> np.ndarray:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 import api.metrics
 import core.metrics
 from core.metrics import FORBIDDEN_LABELS, NO_ERROR, bounded_code, known_error_codes
-from worker.metrics import Instruments
+from worker.runtime.metrics import Instruments
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +25,7 @@ def test_error_codes_are_bounded() -> None:
 
 def test_every_job_error_code_in_the_code_base_is_known() -> None:
     # A job's error code becomes a label value: one that is not known would be counted as
-    # "other". Add new codes to core.metrics._EXTRA_CODES (or make them a SfumatoError class).
+    # "other". Add new codes to core.metrics._EXTRA_CODES (or make them a ServiceError class).
     sources = [*(ROOT / "worker").glob("*.py"), ROOT / "core" / "jobs.py"]
     literals = set()
     for path in sources:

@@ -1,4 +1,4 @@
-"""worker.schedulers: every canonical name maps to a fresh diffusers scheduler."""
+"""worker.pipelines.schedulers: every canonical name maps to a fresh diffusers scheduler."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from diffusers.schedulers.scheduling_dpmsolver_multistep import DPMSolverMultist
 
 from core.errors import UnknownChoice
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
-from worker.schedulers import SCHEDULERS, make_scheduler
-from worker.tiny import sd_scheduler
+from worker.builtin.tiny import sd_scheduler
+from worker.pipelines.schedulers import SCHEDULERS, make_scheduler
 
 # LMS and UniPC call np.array() on a tensor; numpy 2 warns about the copy keyword. Harmless.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")

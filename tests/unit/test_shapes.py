@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from worker.shapes.scenes import (
+from training.shapes.scenes import (
     COLOURS,
     Scene,
     Shape,
@@ -16,7 +16,7 @@ from worker.shapes.scenes import (
     scenes,
     training_scenes,
 )
-from worker.shapes.scorer import read, score
+from training.shapes.scorer import read, score
 
 
 def test_scenes_are_a_pure_function_of_the_seed() -> None:

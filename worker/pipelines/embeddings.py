@@ -3,7 +3,7 @@
 Each embedding of the worker's registry entry adds its token to the resident tokenizer(s) and
 its vector(s) to the text encoder's input embeddings, so prompts use it by writing the token.
 Nothing is loaded per request and nothing is ever unloaded: the set is fixed for the worker's
-life, which is also why the prompt-embedding cache (worker/prompt_cache.py) stays valid (the
+life, which is also why the prompt-embedding cache (worker/pipelines/prompt_cache.py) stays valid (the
 encoding of a text never changes after start-up).
 
 Files are safetensors only (read here with ``safetensors.torch.load_file``; pickle formats are

@@ -2,10 +2,10 @@
 
 Usage::
 
-    python -m worker.shapes.evaluate --model worker/shapes/model [--prompts 120]
+    python -m training.shapes.evaluate --model worker/builtin/shapes/model [--prompts 120]
 
 Every held-out scene's canonical caption (never a training caption) is generated with a fixed
-seed per prompt and read back by :mod:`worker.shapes.scorer`. Besides the plain rates (shape
+seed per prompt and read back by :mod:`training.shapes.scorer`. Besides the plain rates (shape
 colour, background colour, shape kind, position, size at the served guidance, 3) it measures what makes the
 prompt matter: guidance 1 against 3 and 7, a negative prompt naming the shape's colour, img2img at a
 low and a high strength, and what a seed does. ``bench/shapes.py`` writes the full report to
@@ -25,8 +25,8 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import StableDiffusionImg2ImgPipeline
 from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 
-from worker.shapes.scenes import COLOURS, SHAPES, Scene, evaluation_scenes, render
-from worker.shapes.scorer import read, score
+from training.shapes.scenes import COLOURS, SHAPES, Scene, evaluation_scenes, render
+from training.shapes.scorer import read, score
 
 #: Guidance, steps and size the built-in model is served with (core/models.py SHAPES_DEFAULTS).
 GUIDANCE = 3.0

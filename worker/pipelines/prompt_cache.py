@@ -15,7 +15,7 @@ a batch on a real model.
 exact request's result does not depend on what ran before it (bit-identical across runs).
 
 The key is (text, clip_skip, text-encoder state). The state is the active text-encoder LoRAs
-as (adapter id, scale) pairs (worker/lora.py), empty for the base text encoder: the same
+as (adapter id, scale) pairs (worker/pipelines/lora.py), empty for the base text encoder: the same
 prompt under another text-encoder LoRA is another embedding. Anything else that changes the
 text encoder (a textual-inversion token) must become part of the key when it arrives.
 

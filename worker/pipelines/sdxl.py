@@ -46,13 +46,13 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpain
 from core.batch_key import BatchKey
 from core.config import Settings
 from core.errors import ModelUnavailable
-from worker.attention import Backend, apply_attention
-from worker.prompt_cache import PromptEmbeddingCache, TextEncoderState
-from worker.schedulers import make_scheduler
-from worker.tiny_sdxl import ensure_tiny_sdxl, ensure_tiny_sdxl_refiner
+from worker.builtin.tiny_sdxl import ensure_tiny_sdxl, ensure_tiny_sdxl_refiner
+from worker.pipelines.attention import Backend, apply_attention
+from worker.pipelines.prompt_cache import PromptEmbeddingCache, TextEncoderState
+from worker.pipelines.schedulers import make_scheduler
 
 if TYPE_CHECKING:
-    from worker.engine import PreparedJob
+    from worker.pipelines.types import PreparedJob
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ SDXL_PIPELINES: dict[str, type[SDXLPipeline]] = {
     "img2img": StableDiffusionXLImg2ImgPipeline,
     "inpaint": StableDiffusionXLInpaintPipeline,
 }
-#: Source names of the built-in tiny models (worker/tiny_sdxl.py).
+#: Source names of the built-in tiny models (worker/builtin/tiny_sdxl.py).
 TINY_SDXL = "tiny-sdxl"
 TINY_SDXL_REFINER = "tiny-sdxl-refiner"
 

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 
 from core.errors import GenerationFailed
 from core.loras import SUFFIX, valid_name
-from worker.prompt_cache import TextEncoderState
+from worker.pipelines.prompt_cache import TextEncoderState
 
 log = logging.getLogger(__name__)
 

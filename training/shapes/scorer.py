@@ -5,7 +5,7 @@ without a second network: every pixel is named by its nearest palette colour, th
 the commonest colour of the border, and a shape is the largest connected region of its colour,
 classified by two shape moments (solidity: area over convex-hull area separates the star;
 extent: area over its minimum-area box separates square, circle and triangle), with thresholds
-set between the generator's own renders (``python -m worker.shapes.scorer`` prints them).
+set between the generator's own renders (``python -m training.shapes.scorer`` prints them).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
-from worker.shapes.scenes import COLOURS, POSITIONS, SIZES, Scene, Shape
+from training.shapes.scenes import COLOURS, POSITIONS, SIZES, Scene, Shape
 
 _NAMES = list(COLOURS)
 _PALETTE = np.array([COLOURS[name] for name in _NAMES], dtype=np.float32)
@@ -149,7 +149,7 @@ def score(image: np.ndarray, scene: Scene) -> Score:
 
 def _calibration(count: int = 400) -> None:
     """Print the features of the generator's own renders per kind (where the thresholds come from)."""
-    from worker.shapes.scenes import render, scenes
+    from training.shapes.scenes import render, scenes
 
     features: dict[str, list[tuple[float, float]]] = {}
     for scene, _ in scenes(seed=12345, count=count):

@@ -4,7 +4,7 @@ complete every job on its own.
 Built on RQ's ``SimpleWorker`` (never forks: CUDA contexts and resident weights do not
 survive a fork) by overriding the one hook RQ offers for it, ``execute_job``. RQ keeps doing
 what it does well: blocking dequeue of the leader, worker registration and heartbeats,
-registries, maintenance. We add partner claiming (``worker/batcher.py``), one engine call
+registries, maintenance. We add partner claiming (``worker/runtime/batcher.py``), one engine call
 per batch, and completion of each job with RQ's own success/failure handling and our error
 code in its meta. Encoding and upload run in a bounded background stage, so the next batch
 denoises while PNGs are written.
@@ -38,12 +38,12 @@ from core.jobs import META_ERROR, cancel_key, payload_of
 from core.presence import announce, withdraw
 from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
-from worker.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
-from worker.engine import Engine
-from worker.execute import Generated, JobOutcome, generate_batch, store_outputs
-from worker.metrics import job_ended
-from worker.progress import ProgressPublisher
-from worker.upload_stage import BackgroundStage
+from worker.pipelines.engine import Engine
+from worker.runtime.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
+from worker.runtime.execute import Generated, JobOutcome, generate_batch, store_outputs
+from worker.runtime.metrics import job_ended
+from worker.runtime.progress import ProgressPublisher
+from worker.runtime.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
 
@@ -89,7 +89,7 @@ class SfumatoWorker(SimpleWorker):
         self.draining = False
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
-        # Short: the liveness thread extends it while the job runs (see worker/liveness.py).
+        # Short: the liveness thread extends it while the job runs (see worker/runtime/liveness.py).
         return self.settings.execution_ttl_s
 
     # --- signals -------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class SfumatoWorker(SimpleWorker):
         timeout = min(a.job.timeout or self.settings.job_timeout_s for a in batch)
         payloads = [a.payload for a in batch]
         log.info("running batch of %d job(s), %d image(s)", len(batch), sum(p.n for p in payloads))
-        progress = ProgressPublisher(self.connection, self.settings, payloads)  # worker/progress.py
+        progress = ProgressPublisher(self.connection, self.settings, payloads)  # worker/runtime/progress.py
 
         def on_step(done: int, total: int) -> None:
             # Canceled jobs end now; their images are dropped. Only if every job in the batch

@@ -1,7 +1,7 @@
 """The worker's metrics and job-event logs, recorded through a few one-line hooks.
 
 ``worker/__main__.py`` calls :func:`install` once (which also starts the worker's HTTP endpoint,
-``worker/health_server.py``), times model loading and warm-up with :meth:`Observability.phase`,
+``worker/runtime/health_server.py``), times model loading and warm-up with :meth:`Observability.phase`,
 wraps the object store with :meth:`Observability.store` and hands each RQ worker to
 :meth:`Observability.attach`. The rest are hooks that do nothing until :func:`install` ran:
 
@@ -26,14 +26,14 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from rq.job import Job
 
 from core.config import Settings
-from core.errors import ErrorDict, SfumatoError
+from core.errors import ErrorDict, ServiceError
 from core.jobs import META_REQUEST_ID
 from core.metrics import JOB_BUCKETS, bounded_code, record_finished
 from core.models import worker_model
 from core.schemas import JobPayload
 from core.storage import ObjectStore
-from worker.engine import StepCallback
-from worker.health_server import HealthServer, WorkerCollector, WorkerProbe
+from worker.pipelines.types import StepCallback
+from worker.runtime.health_server import HealthServer, WorkerCollector, WorkerProbe
 
 log = logging.getLogger("sfumato.worker")
 
@@ -305,7 +305,7 @@ def _created_at(job: Job) -> float | None:
 
 def _upload_error_code(exc: Exception) -> str:
     """A bounded label for a failed upload: the store's error code, ``io_error`` (local disk)."""
-    if isinstance(exc, SfumatoError):
+    if isinstance(exc, ServiceError):
         return bounded_code(exc.code)
     return "io_error" if isinstance(exc, OSError) else "other"
 

@@ -27,7 +27,7 @@ from core.config import Settings, get_settings
 from core.jobs import connect
 from core.models import worker_model
 from core.presence import live_workers
-from core.redis_server import RedisServer, start_redis
+from devstack.redis_server import RedisServer, start_redis
 
 
 def _ready(base_url: str, settings: Settings) -> bool:
@@ -69,7 +69,7 @@ DEV_AUTH_WARNING = """
 
 
 #: What the built-in shapes model knows: 8 colours, 4 shapes, 5 positions, 2 sizes (see
-#: worker/shapes/scenes.py).
+#: training/shapes/scenes.py).
 SHAPES_PROMPT = "a small yellow star at the top left on a blue background"
 
 

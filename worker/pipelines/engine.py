@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,29 +40,26 @@ from PIL import Image
 
 from core.batch_key import BatchKey
 from core.config import Settings
-from core.errors import GenerationFailed, ModelUnavailable, OutOfMemory, SfumatoError
+from core.errors import GenerationFailed, ModelUnavailable, OutOfMemory, ServiceError
 from core.loras import lora_folder
 from core.models import ModelSpec, worker_model
 from core.schemas import JobPayload
-from worker import controlnet as controlnet_support
-from worker import inputs, sdxl
-from worker.attention import Backend, apply_attention, check_attention
-from worker.clip_compat import ensure_text_model_alias
-from worker.controlnet import ControlNetModels, ControlNetPipeline
-from worker.device import apply_torch_threads, resolve_device, resolve_dtype
-from worker.embeddings import load_embeddings
-from worker.lora import LoraAdapters, TextEncoderState
-from worker.progress import offer_latents
-from worker.prompt_cache import PromptEmbeddingCache
-from worker.schedulers import make_scheduler
-from worker.shapes import MODEL_DIR as SHAPES_MODEL_DIR
-from worker.tiny import ensure_tiny_model
+from worker.builtin.shapes import MODEL_DIR as SHAPES_MODEL_DIR
+from worker.builtin.tiny import ensure_tiny_model
+from worker.pipelines import controlnet as controlnet_support
+from worker.pipelines import inputs, sdxl
+from worker.pipelines.attention import Backend, apply_attention, check_attention
+from worker.pipelines.clip_compat import ensure_text_model_alias
+from worker.pipelines.controlnet import ControlNetModels, ControlNetPipeline
+from worker.pipelines.device import apply_torch_threads, resolve_device, resolve_dtype
+from worker.pipelines.embeddings import load_embeddings
+from worker.pipelines.latents_tap import offer_latents
+from worker.pipelines.lora import LoraAdapters, TextEncoderState
+from worker.pipelines.prompt_cache import PromptEmbeddingCache
+from worker.pipelines.schedulers import make_scheduler
+from worker.pipelines.types import PreparedJob, StepCallback
 
 log = logging.getLogger(__name__)
-
-#: ``on_step(steps_done, total_steps)``: called after each denoising step. It may raise to
-#: abort the batch (cancellation); its exception propagates from :meth:`Engine.generate` as is.
-StepCallback = Callable[[int, int], None]
 
 #: The pipelines built around the resident modules; all take the same components.
 _SD1Pipeline = StableDiffusionPipeline | StableDiffusionImg2ImgPipeline | StableDiffusionInpaintPipeline
@@ -110,7 +107,8 @@ def _load_pipeline(
         if not (SHAPES_MODEL_DIR / "model_index.json").is_file():
             raise ModelUnavailable(
                 f"the built-in shapes model is missing from {SHAPES_MODEL_DIR}; "
-                "retrain it with: python -m worker.shapes.train --out worker/shapes/model --train-text-encoder"
+                "retrain it from a checkout: python -m training.shapes.train "
+                "--out worker/builtin/shapes/model --train-text-encoder"
             )
         location = str(SHAPES_MODEL_DIR)
     elif Path(source).expanduser().is_dir():
@@ -163,27 +161,13 @@ class _StepReporter:
     def __call__(self, pipe: DiffusionPipeline, step: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         if self.on_step is not None:
             try:
-                offer_latents(kwargs.get("latents"))  # for previews (worker/progress.py)
+                offer_latents(kwargs.get("latents"))  # for previews (worker/runtime/progress.py)
                 # num_timesteps, not steps: Heun evaluates twice per step, img2img fewer.
                 self.on_step(step + 1, int(getattr(pipe, "num_timesteps", 0) or 0))
             except BaseException as exc:
                 self.error = exc
                 raise
         return kwargs
-
-
-@dataclass(frozen=True)
-class PreparedJob:
-    """A payload with its uploads decoded and sized: ready to join a batch.
-
-    Preparing is per job, so a broken upload fails only its own job, never its batch partners.
-    """
-
-    payload: JobPayload
-    image: Image.Image | None = None
-    mask: Image.Image | None = None
-    #: One control map per ControlNet unit of the payload, sized and preprocessed.
-    control: tuple[Image.Image, ...] = ()
 
 
 class Engine:
@@ -194,9 +178,9 @@ class Engine:
     run one batch at a time anyway.
     """
 
-    #: Textual-inversion tokens loaded at start-up (worker/embeddings.py); fixed for its life.
+    #: Textual-inversion tokens loaded at start-up (worker/pipelines/embeddings.py); fixed for its life.
     embeddings: tuple[str, ...] = ()
-    #: Loads the SDXL refiner of ``spec.refiner`` once (worker/sdxl.py); None: refiners unavailable.
+    #: Loads the SDXL refiner of ``spec.refiner`` once (worker/pipelines/sdxl.py); None: refiners unavailable.
     refiners: sdxl.Refiners | None = None
 
     def __init__(
@@ -222,7 +206,7 @@ class Engine:
         # Only the modules are kept: per-call pipelines are built around them.
         self._components: dict[str, Any] = dict(pipe.components)
         self._scheduler_config = dict(pipe.scheduler.config)
-        # Not None for an SDXL base: per-call pipelines are then the SDXL ones (worker/sdxl.py).
+        # Not None for an SDXL base: per-call pipelines are then the SDXL ones (worker/pipelines/sdxl.py).
         self._sdxl_options = sdxl.pipeline_options(pipe)
         # Replaced by load() with the configured cache; ControlNets load on first use.
         self.controlnets = ControlNetModels(2, device, dtype, attention=attention)
@@ -316,7 +300,7 @@ class Engine:
             if key.controlnets:  # each image gets its own job's control maps
                 maps = [job.control for job in jobs for _ in range(job.payload.n)]
                 call.update(controlnet_support.call_arguments(key, maps))
-            if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/sdxl.py)
+            if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/pipelines/sdxl.py)
                 return self._call(self._refined(pipe, jobs, key, text_encoder_state), call, jobs, key, on_step)
             return self._call(pipe, call, jobs, key, on_step)
 
@@ -336,7 +320,7 @@ class Engine:
 
     def _controlnet_pipeline(self, key: BatchKey) -> ControlNetPipeline:
         """Like :meth:`pipeline`, with the batch's ControlNet model(s) (loaded on first use,
-        kept in an LRU: worker/controlnet.py) beside the same resident modules."""
+        kept in an LRU: worker/pipelines/controlnet.py) beside the same resident modules."""
         if self._sdxl_options is not None:  # the API refuses these (core/controlnets.py)
             raise GenerationFailed("ControlNet is not supported for SDXL models yet", param="controlnet")
         models = self.controlnets.get(controlnet_support.specs_for(key, self.spec.controlnets))
@@ -367,7 +351,7 @@ class Engine:
             # ran out too). Only the message is kept.
             out_of_memory = _short(exc)
         except Exception as exc:
-            if exc is reporter.error or isinstance(exc, SfumatoError):
+            if exc is reporter.error or isinstance(exc, ServiceError):
                 raise
             log.exception("generation failed for %d job(s), batch %s", len(jobs), key.digest())
             raise GenerationFailed(f"image generation failed: {_short(exc)}") from exc
@@ -448,7 +432,7 @@ class Engine:
     ) -> dict[str, Any]:
         """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
 
-        Prompts go in as cached embeddings (misses encoded together; see worker/prompt_cache.py),
+        Prompts go in as cached embeddings (misses encoded together; see worker/pipelines/prompt_cache.py),
         keyed also on the active text-encoder LoRAs. Negative prompts are encoded without clip
         skip, as diffusers does for them.
         """

@@ -2,7 +2,7 @@
 
 Usage (the committed model; about 45 minutes on 2 cores)::
 
-    python -m worker.shapes.train --out worker/shapes/model --train-text-encoder
+    python -m training.shapes.train --out worker/builtin/shapes/model --train-text-encoder
 
 Two stages, as Stable Diffusion itself was made: an AutoencoderKL learns to compress 32 px
 scenes into 16 x 16 x 4 latents, then a UNet2DConditionModel with cross-attention learns to
@@ -39,8 +39,8 @@ from diffusers.schedulers.scheduling_ddim import DDIMScheduler
 from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from worker.shapes.scenes import COLOURS, POSITIONS, SHAPES, SIZES, render, training_scenes
-from worker.tiny import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode
+from training.shapes.scenes import COLOURS, POSITIONS, SHAPES, SIZES, render, training_scenes
+from worker.builtin.tiny import BOS_TOKEN, EOS_TOKEN, bytes_to_unicode
 
 IMAGE_SIZE = 32
 MAX_TOKENS = 24  # the longest caption is 16 tokens with BOS/EOS

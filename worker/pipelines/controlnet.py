@@ -40,8 +40,8 @@ from core.batch_key import BatchKey
 from core.errors import GenerationFailed
 from core.models import ControlNetSpec
 from core.schemas import ControlNetJob
-from worker import inputs
-from worker.canny import canny_image
+from worker.pipelines import inputs
+from worker.pipelines.canny import canny_image
 
 log = logging.getLogger(__name__)
 

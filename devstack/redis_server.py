@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from core.net import LOOPBACK, free_port
+from devstack.net import LOOPBACK, free_port
 
 LOG_NAME = "redis.log"
 START_TIMEOUT_S = 15.0

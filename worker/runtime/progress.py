@@ -9,7 +9,7 @@ decode), which costs a few microseconds per pixel of an image 8x smaller than th
 are made only for jobs that asked (``preview: true``) and at most once per
 ``SFUMATO_PREVIEW_INTERVAL_S``.
 
-The latents reach us through :func:`offer_latents`, which the engine's step callback calls on
+The latents reach us through ``worker.pipelines.latents_tap.offer_latents``, which the engine's step callback calls on
 the thread that runs the pipeline, just before it calls the step callback on that same thread:
 the step callback's ``(done, total)`` signature stays as it is for every other caller.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +30,7 @@ import numpy as np
 from core.config import Settings
 from core.progress import STREAM_MAXLEN, encode, progress_key
 from core.schemas import JobPayload, ProgressView
+from worker.pipelines.latents_tap import take_latents
 
 log = logging.getLogger("sfumato.worker")
 
@@ -45,20 +45,6 @@ LATENT_RGB = np.array(
     ],
     dtype=np.float32,
 )
-
-_tap = threading.local()
-
-
-def offer_latents(latents: Any) -> None:
-    """Called by the engine's step callback: the current latents, kept by reference only."""
-    _tap.latents = latents
-
-
-def take_latents() -> Any:
-    """The latents offered on this thread since the last call (None if none)."""
-    latents = getattr(_tap, "latents", None)
-    _tap.latents = None
-    return latents
 
 
 def latents_to_png(latents: np.ndarray) -> bytes:

@@ -3,7 +3,7 @@
 Why it exists: the SDXL code paths (two text encoders, pooled embeddings, size/crop
 conditioning through the UNet's ``text_time`` embedding, the refiner's aesthetic-score
 conditioning and the ensemble-of-experts handoff) must run in tests and CI on CPU without
-downloading ~7 GB. Like :mod:`worker.tiny`, the weights are random, so images are noise, but
+downloading ~7 GB. Like :mod:`worker.builtin.tiny`, the weights are random, so images are noise, but
 every diffusers class and call around them is the real one.
 
 What a caller may rely on:
@@ -37,7 +37,16 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from worker.tiny import BOS_TOKEN, EOS_TOKEN, MAX_TOKENS, TEXT_LAYERS, _tokenizer, _vae, sd_scheduler, tiny_vocab
+from worker.builtin.tiny import (
+    BOS_TOKEN,
+    EOS_TOKEN,
+    MAX_TOKENS,
+    TEXT_LAYERS,
+    _tokenizer,
+    _vae,
+    sd_scheduler,
+    tiny_vocab,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +83,7 @@ def _unet(cross_attention_dim: int, time_ids: int) -> UNet2DConditionModel:
     """An SDXL-style UNet: ``text_time`` added conditioning of ``time_ids`` numbers plus the pooled
     text embedding (6 for the base: original size, crop, target size; 5 for the refiner:
     original size, crop, aesthetic score). Cross-attention only at the lowest resolution, for
-    CPU speed (see worker/tiny.py)."""
+    CPU speed (see worker/builtin/tiny.py)."""
     return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
@@ -145,7 +154,7 @@ def _refiner_index() -> dict[str, Any]:
 
 
 def _build_once(target: Path, write: Callable[[Path], None]) -> Path:
-    """Build into a temporary sibling folder and rename it into place (see worker/tiny.py)."""
+    """Build into a temporary sibling folder and rename it into place (see worker/builtin/tiny.py)."""
     if (target / _MODEL_INDEX).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

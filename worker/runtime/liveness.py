@@ -27,10 +27,10 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now
 
 from core.errors import ErrorDict
-from worker.metrics import job_ended
+from worker.runtime.metrics import job_ended
 
 if TYPE_CHECKING:
-    from worker.runner import SfumatoWorker
+    from worker.runtime.runner import SfumatoWorker
 
 log = logging.getLogger("sfumato.worker")
 

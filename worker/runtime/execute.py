@@ -15,12 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from diffusers.image_processor import VaeImageProcessor
 
-from core.errors import ErrorDict, GenerationFailed, OutOfMemory, SfumatoError, StorageUnavailable
+from core.errors import ErrorDict, GenerationFailed, OutOfMemory, ServiceError, StorageUnavailable
 from core.schemas import BatchInfo, JobPayload, JobResult, StoredImage, Timings
 from core.storage import CONTENT_TYPES, ObjectStore, image_key
-from worker.encoding import encode_image
-from worker.engine import Engine, PreparedJob, StepCallback
-from worker.metrics import batch_observer
+from worker.pipelines.engine import Engine
+from worker.pipelines.types import PreparedJob, StepCallback
+from worker.runtime.encoding import encode_image
+from worker.runtime.metrics import batch_observer
 
 log = logging.getLogger("sfumato.worker")
 
@@ -45,7 +46,7 @@ class Generated:
 
 
 def error_of(exc: BaseException) -> ErrorDict:
-    if isinstance(exc, SfumatoError):
+    if isinstance(exc, ServiceError):
         return exc.to_dict()
     return GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500]).to_dict()
 
@@ -96,7 +97,7 @@ def generate_batch(
             prepared.append(engine.prepare(payload))
         except Exception as exc:
             errors[payload.job_id] = error_of(exc)
-    observer = batch_observer(payloads)  # metrics and the batch's log line (worker/metrics.py)
+    observer = batch_observer(payloads)  # metrics and the batch's log line (worker/runtime/metrics.py)
     started = time.monotonic()
     outputs: dict[str, np.ndarray | ErrorDict] = {}
     if prepared:

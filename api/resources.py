@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from api.events import JobEvents
+from api.event_stream import JobEvents
 from api.waiting import CompletionWaiter
 from core.apikeys import KeyStore
 from core.config import Settings
