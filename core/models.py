@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from core.config import Settings
 from core.errors import ModelUnavailable, UnknownChoice
+from core.prompt_guide import SHAPES_PROMPT_GUIDE, PromptGuide
 from core.registry import ModelEntry, read_registry, registry_label, resolve_path, resolve_source
 
 
@@ -46,6 +47,8 @@ class ModelSpec:
     from the model registry; none by default. ``sizes``: when not empty, the only (width,
     height) pairs a request may ask for. ``lora_dir``: this model's LoRA folder (None: the
     global SFUMATO_LORA_DIR). Paths here are absolute and never shown to clients.
+    ``prompt_guide``: the words a model with a small vocabulary knows (the built-in shapes
+    model); None for models that take any prompt, and then absent from ``GET /v1/models``.
     """
 
     id: str
@@ -66,6 +69,7 @@ class ModelSpec:
     #: The model's own smallest side, when below SFUMATO_MIN_SIZE (the built-in shapes model
     #: draws at 32 px); None: SFUMATO_MIN_SIZE.
     min_size: int | None = None
+    prompt_guide: PromptGuide | None = None
 
     def public(self) -> dict[str, Any]:
         """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
@@ -77,6 +81,9 @@ class ModelSpec:
         data["embeddings"] = [e.token for e in self.embeddings]
         data["controlnets"] = [{"name": c.name, "preprocess": c.preprocess} for c in self.controlnets]
         data["refiner"] = self.refiner is not None
+        data.pop("prompt_guide")
+        if self.prompt_guide is not None:  # only models with a vocabulary: old clients see no change
+            data["prompt_guide"] = self.prompt_guide.public()
         return data
 
 
@@ -95,7 +102,9 @@ def _spec_for(settings: Settings) -> ModelSpec:
         )
     if settings.model == "shapes":
         limits = {**SHAPES_DEFAULTS, "max_size": min(SHAPES_DEFAULTS["max_size"], settings.max_size)}
-        return ModelSpec(id=settings.resolved_model_id, source="shapes", family="sd1", **limits)
+        return ModelSpec(
+            id=settings.resolved_model_id, source="shapes", family="sd1", prompt_guide=SHAPES_PROMPT_GUIDE, **limits
+        )
     if settings.model == "tiny-sdxl" or is_sdxl_folder(settings.model):
         return _sdxl_spec_for(settings)
     return ModelSpec(
@@ -111,7 +120,7 @@ def _spec_for(settings: Settings) -> ModelSpec:
     )
 
 
-#: The built-in shapes model (worker/shapes/model): trained on 32 px scenes, so 32 px by
+#: The built-in shapes model (worker/builtin/shapes/model): trained on 32 px scenes, so 32 px by
 #: default and at most 64 (beyond that it draws its 32 px world several times over).
 SHAPES_DEFAULTS: dict[str, Any] = {
     "default_width": 32,
@@ -210,6 +219,7 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
         sizes=sizes,
         lora_dir=None if entry.lora_dir is None else resolve_path(entry.lora_dir, base),
         min_size=SHAPES_DEFAULTS["min_size"] if entry.source == "shapes" else None,
+        prompt_guide=SHAPES_PROMPT_GUIDE if entry.source == "shapes" else None,
     )
 
 

@@ -3,7 +3,9 @@
 One entry per registry model (SFUMATO_MODELS_FILE; else the one SFUMATO_MODEL): its public spec
 (no local paths), its own LoRAs, embedding tokens, ControlNet names, whether it has a refiner,
 and how many live workers serve it (0: requests get 503 no_worker, or wait with
-``waiting_for: no_worker`` when the operator scales from zero).
+``waiting_for: no_worker`` when the operator scales from zero). A model that knows only a few
+words (the built-in ``shapes`` model) also carries ``prompt_guide``: its colours, shapes, sizes,
+positions, phrasings and example prompts (core/prompt_guide.py); other models have no such key.
 """
 
 from __future__ import annotations

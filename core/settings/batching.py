@@ -1,0 +1,42 @@
+"""Batching settings: how a worker groups compatible jobs into one pipeline call."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pydantic import Field
+
+from core.settings.base import SettingsGroup
+
+
+class BatchingSettings(SettingsGroup):
+    """How a worker fills a batch: its size, how long it waits for partners with the same
+    batch key, how far down the queue it looks, and what it overlaps with the next batch
+    (prompt encodings it keeps, images it encodes and uploads in the background).
+
+    Read by the worker only.
+    """
+
+    section: ClassVar[str] = "Batching"
+
+    max_batch: int = Field(
+        default=8, ge=1, le=64, description="Most images in one pipeline call (a request with n=4 fills 4 slots)."
+    )
+    max_wait_ms: int = Field(
+        default=25, ge=0, le=10_000, description="Longest a batch waits for partners once its oldest job is taken."
+    )
+    adaptive_wait: bool = Field(
+        default=True,
+        description="Skip the partner wait while recent waits found no partner (one request at a time), probing "
+        "now and then (every 16th batch). Queued partners are always claimed; `SFUMATO_MAX_WAIT_MS` still bounds "
+        "every wait.",
+    )
+    batch_scan_depth: int = Field(
+        default=64, ge=1, le=10_000, description="How far down the queue a worker looks for batch partners."
+    )
+    prompt_cache_size: int = Field(
+        default=512, ge=0, description="Text-encoder outputs a worker keeps (LRU entries); 0 = no cache."
+    )
+    upload_stage_depth: int = Field(
+        default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."
+    )
