@@ -28,11 +28,11 @@ from core.jobs import JobStore
 from core.models import queue_name
 from tests.support.deploy import OVERLAYS, api_paths, kustomize, run, tool_or_skip
 from tests.support.processes import REPO_ROOT
-from worker.health_server import HealthServer, WorkerProbe
+from worker.runtime.health_server import HealthServer, WorkerProbe
 
 CRD_KINDS = {"ScaledObject", "ServiceMonitor"}
 WORKLOADS = {"Deployment", "StatefulSet"}
-DEPLOY_README = REPO_ROOT / "deploy" / "README.md"
+DEPLOY_README = REPO_ROOT / "docs" / "operations" / "deploy.md"
 
 #: The ScaledObject fields this project relies on, and their types (KEDA v2 keda.sh/v1alpha1).
 SCALED_OBJECT = {
