@@ -14,6 +14,10 @@
 # layer. The source is owned by root and read-only to the service user (uid 10001).
 # Linted by hadolint in `make test` (tests/deploy/test_dockerfile.py) with no rule switched off:
 # any exception belongs inline, as `# hadolint ignore=DLxxxx` followed by the reason.
+# Each image is started without Docker in `make test` (tests/deploy/test_image_contents.py): the
+# files a stage COPYs, over exactly its requirements, must import its `python -m` entry point.
+# The images ship the `sfumato-server` packages only (core/ + api/, or core/ + worker/); training/,
+# devstack/ and the client SDK (client/) stay out of every image.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 # The CUDA "base" flavour (CUDA runtime core + the NVIDIA container contract) and not "runtime":
@@ -49,7 +53,8 @@ RUN groupadd --system --gid 10001 sfumato \
  && install -d -o 10001 -g 10001 /var/lib/sfumato
 WORKDIR /app
 
-# Dependency list of the extras, from pyproject.toml (standard library only, no project build).
+# Dependency list of the extras, from pyproject.toml (standard library only, no project build):
+# sfumato-server's base dependencies (the torch-free core) plus the role's extra.
 FROM python-base AS deps-source
 WORKDIR /build
 COPY pyproject.toml ./

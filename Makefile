@@ -2,33 +2,44 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Two install stamps: what running needs (make run), then what testing adds (make test).
 STAMP := $(VENV)/.sfumato-installed
+TEST_STAMP := $(VENV)/.sfumato-test-installed
 
-.PHONY: install run test pytest lint bench clean prometheus-tools lock
+.PHONY: install install-test run test pytest lint bench clean prometheus-tools lock
 
 # torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
 # multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
 # Every other version comes from requirements/lock.txt (pip constraints), so installs are
 # reproducible: CI, the Docker images and a laptop get what the tests ran against.
+# Two distributions from this repository: sfumato-server (., with extras) and the client SDK
+# sfumato (./client); see pyproject.toml.
 LOCK := requirements/lock.txt
 $(STAMP): pyproject.toml $(LOCK)
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=..."; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0 $(TORCH_PIP_ARGS)
-	$(PY) -m pip install --quiet -c $(LOCK) -e '.[api,worker,test,dev]'
+	$(PY) -m pip install --quiet -c $(LOCK) -e '.[api,worker,dev]'
 	touch $(STAMP)
+
+## make test's additions: the client SDK (its CLI and tests), test and lint tools, the docs site.
+$(TEST_STAMP): $(STAMP) client/pyproject.toml
+	$(PY) -m pip install --quiet -c $(LOCK) -e ./client -e '.[test,docs]'
+	touch $(TEST_STAMP)
 
 install: $(STAMP)
 
-## Start the whole service (private Redis, worker with the tiny model, API on :8000).
+install-test: $(TEST_STAMP)
+
+## Start the whole service (private Redis, worker with the shapes model, API on :8000).
 run: install
-	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m worker.devstack
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m devstack
 
 ## Lint, type-check and run the whole test suite.
-test: install prometheus-tools lint pytest
+test: install-test prometheus-tools lint pytest
 
-pytest: install prometheus-tools
+pytest: install-test prometheus-tools
 	$(PY) -m pytest -q
 
 ## prometheus + promtool (Debian package) for the deploy and scrape tests: installed when missing
@@ -37,12 +48,12 @@ prometheus-tools:
 	@bash deploy/prometheus/ensure-prometheus.sh
 
 ## Re-resolve the dependencies from pyproject.toml (newest allowed) and rewrite the lock.
-lock: install
-	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e '.[api,worker,test,dev]'
+lock: install-test
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager -e ./client -e '.[api,worker,test,dev,docs]'
 	$(PY) requirements/write_lock.py
 
-lint: install
-	$(VENV)/bin/ruff check core api worker sfumato tests bench deploy
+lint: install-test
+	$(VENV)/bin/ruff check core api worker client training devstack tests bench deploy scripts
 	$(VENV)/bin/mypy
 
 clean:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from core.script_extras import require_extra
+
+require_extra("sfumato-api", "api", ("fastapi", "uvicorn"))  # before the imports that need it
+
 from api.serving import serve
 from core.config import get_settings
 from core.logs import configure_logging

@@ -6,7 +6,7 @@ the outcome (``core/webhooks.py`` explains the schedule and why it lives in Redi
 share the work through the claims; a tick that fails (Redis away) is logged and the loop goes on.
 
 A delivery is a POST of ``{"id", "type": "image.<state>", "created_at", "data": <the job>}``
-signed with the tenant's secret (``sfumato/webhooks.py``: Standard Webhooks headers).
+signed with the tenant's secret (``core/webhook_signature.py``: Standard Webhooks headers).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from collections.abc import AsyncIterator
 from prometheus_client import Counter
 from starlette.concurrency import run_in_threadpool
 
-from api.services import ApiServices
+from api.resources import ApiServices
 from api.views import render_job
-from core.errors import JobNotFound, SfumatoError, UnsafeUrl
+from core.errors import JobNotFound, ServiceError, UnsafeUrl
 from core.safe_fetch import fetch
-from sfumato.webhooks import sign
+from core.webhook_signature import signed_headers
 
 log = logging.getLogger("sfumato.api")
 
@@ -102,19 +102,16 @@ class WebhookSender:
         return _counted(state)
 
     def _send(self, url: str, tenant: str, msg_id: str, body: bytes) -> tuple[int | None, str | None]:
-        timestamp = int(time.time())
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self.services.webhooks.secret(tenant), msg_id, timestamp, body),
+            **signed_headers(self.services.webhooks.secret(tenant), msg_id, int(time.time()), body),
         }
         try:
             result = fetch(url, method="POST", content=body, headers=headers, policy=self.services.webhooks.policy())
         except UnsafeUrl as exc:  # refused, unreachable, too slow: no answer
             return None, exc.message[:300]
-        except SfumatoError as exc:
+        except ServiceError as exc:
             return None, exc.message[:300]
         return result.status_code, None if result.status_code < 300 else f"HTTP {result.status_code}"
 

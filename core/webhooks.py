@@ -24,7 +24,6 @@ The record of a job's webhook, ``{prefix}:webhook:{job_id}`` (a hash), is what
 
 from __future__ import annotations
 
-import base64
 import secrets
 import time
 from typing import Any
@@ -37,7 +36,7 @@ from core.errors import UnsafeUrl
 from core.jobs import redis_errors
 from core.safe_fetch import FetchPolicy, check_url
 from core.schemas import JobPayload, WebhookEvent, WebhookView
-from sfumato.webhooks import SECRET_PREFIX
+from core.webhook_signature import new_secret
 
 ALL_EVENTS: tuple[WebhookEvent, ...] = ("succeeded", "failed", "canceled")
 #: RQ status -> the event it ends a job with.
@@ -238,7 +237,7 @@ class WebhookStore:
         are only ever compared and so are stored hashed).
         """
         key = f"{self.settings.queue_prefix}:webhook-secret:{tenant}"
-        fresh = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+        fresh = new_secret(secrets.token_bytes(32))
         with redis_errors():
             if rotate:
                 self.connection.set(key, fresh)

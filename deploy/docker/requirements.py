@@ -3,7 +3,7 @@
 The Docker images install dependencies before the source is copied in (so a code change does
 not reinstall torch), which needs the dependency list without building the project. This
 reads ``pyproject.toml`` with the standard library only and expands the extras, including
-self-references such as ``sfumato[server]``. Versions are then fixed by the constraints file
+self-references such as ``sfumato-server[api,worker,dev]``. Versions are then fixed by the constraints file
 (``pip install -c requirements/lock.txt -r ...``)::
 
     python deploy/docker/requirements.py api            # the API image: no torch

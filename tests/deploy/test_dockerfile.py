@@ -1,4 +1,4 @@
-"""The Dockerfile lints clean with hadolint, and its images keep the promises deploy/README.md
+"""The Dockerfile lints clean with hadolint, and its images keep the promises docs/operations/deploy.md
 makes: three targets, non-root, a health check on a real route, no torch in the API image,
 torch installed exactly (never from a range), every other package pinned by the lock, and a
 build context that carries no virtualenv, git history or .env."""
@@ -13,6 +13,7 @@ import pytest
 from core.config import Settings
 from deploy.docker.requirements import requirements
 from tests.support.deploy import DOCKERFILE, api_paths, run, tool_or_skip
+from tests.support.dockerfile import instructions, stages
 from tests.support.processes import REPO_ROOT
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
@@ -23,27 +24,12 @@ TORCH_STACK = {"torch", "diffusers", "transformers", "xformers", "accelerate", "
 
 
 def _instructions(text: str) -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
-    joined = re.sub(r"\\\n", " ", "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#")))
-    out = []
-    for line in joined.splitlines():
-        if line.strip():
-            word, _, rest = line.strip().partition(" ")
-            out.append((word.upper(), rest.strip()))
-    return out
+    return instructions(text)
 
 
 def _stages() -> dict[str, list[tuple[str, str]]]:
     """Stage name -> its instructions (FROM included)."""
-    stages: dict[str, list[tuple[str, str]]] = {}
-    current: list[tuple[str, str]] | None = None
-    for word, rest in _instructions(DOCKERFILE.read_text()):
-        if word == "FROM":
-            match = re.search(r"\bAS\s+(\S+)", rest, re.IGNORECASE)
-            current = stages.setdefault(match[1] if match else f"stage{len(stages)}", [])
-        if current is not None:
-            current.append((word, rest))
-    return stages
+    return stages(DOCKERFILE.read_text())
 
 
 def _arg_default(name: str) -> str:
@@ -171,6 +157,16 @@ def test_the_build_context_is_an_allow_list() -> None:
     for source in copied:
         assert (REPO_ROOT / source).exists() or source == "requirements/lock.txt", source
     assert not {".env", ".venv", ".git", "tests"} & allowed
+
+
+def test_no_test_or_docs_tooling_reaches_an_image() -> None:
+    """The images install the server's base dependencies plus their role's extra, nothing of
+    ``[test]``, ``[dev]`` or ``[docs]``."""
+    tooling = {_name(r) for extra in ("test", "docs") for r in requirements(PYPROJECT, [extra], base=False)}
+    tooling -= {_name(r) for r in requirements(PYPROJECT, ["api", "worker", "cuda"])}
+    assert {"pytest", "mkdocs", "ruff"} <= tooling
+    for extras in (["api"], ["worker"], ["worker", "cuda"]):
+        assert not {_name(r) for r in requirements(PYPROJECT, extras)} & tooling, extras
 
 
 def test_requirements_helper_expands_self_references(tmp_path: Path) -> None:

@@ -46,7 +46,7 @@ def check_attention(setting: AttentionSetting, device: torch.device) -> Backend:
         if not _xformers_installed():
             raise ModelUnavailable(
                 "SFUMATO_ATTENTION=xformers but xformers is not installed; install the 'cuda' extra "
-                "(pip install 'sfumato[cuda]') or use SFUMATO_ATTENTION=sdpa"
+                "(pip install 'sfumato-server[cuda]') or use SFUMATO_ATTENTION=sdpa"
             )
     return setting
 

@@ -14,7 +14,8 @@ refuses the request on :class:`WebhookVerificationError`: a changed body, id or 
 breaks the signature, and a timestamp outside the tolerance (5 minutes) is a replay. To also
 refuse an exact replay inside the window, keep a :class:`ReplayGuard`.
 
-This module is the one implementation: the server signs with :func:`sign`.
+This module stands alone (the SDK depends on nothing of the server); the server signs with its
+own ``core/webhook_signature.py``, and a test checks that what the server signs, this verifies.
 """
 
 from __future__ import annotations
