@@ -27,6 +27,7 @@ from core.config import Settings, get_settings
 from core.jobs import connect
 from core.models import worker_model
 from core.presence import live_workers
+from core.prompt_guide import SHAPES_PROMPT_GUIDE
 from devstack.redis_server import RedisServer, start_redis
 
 
@@ -73,7 +74,19 @@ DEV_AUTH_WARNING = """
 SHAPES_PROMPT = "a small yellow star at the top left on a blue background"
 
 
-def _banner(base_url: str, auth_enabled: bool, prompt: str) -> str:
+def _vocabulary() -> str:
+    """The shapes model's words, for the banner: a first request that uses others draws nonsense."""
+    guide = SHAPES_PROMPT_GUIDE
+    return (
+        f"  The shapes model knows only these words (GET {{base}}/v1/models shows them as prompt_guide):\n"
+        f"    colours: {', '.join(guide.colours)}\n"
+        f"    shapes: {', '.join(guide.shapes)};  sizes: {', '.join(guide.sizes)}\n"
+        f"    positions: at the {', at the '.join(p for p in guide.positions if p != 'center')}, in the center\n"
+        f"    e.g. \"{guide.examples[0]}\" (say 'large', not 'big')\n"
+    )
+
+
+def _banner(base_url: str, auth_enabled: bool, prompt: str, vocabulary: str = "") -> str:
     if auth_enabled:
         auth = "Authentication is ON: add -H 'Authorization: Bearer <key>' (sfumato-admin keys create ...)."
     else:
@@ -85,7 +98,7 @@ Sfumato is running at {base_url}  (docs: {base_url}/docs)
        -d '{{"prompt": "{prompt}", "seed": 7}}'
 
   then open the "url" of images[0] in a browser, or GET {base_url}/v1/images/<id>.
-{auth}
+{vocabulary.replace("{base}", base_url)}{auth}
 Press Ctrl-C to stop.
 """
 
@@ -138,7 +151,8 @@ def main() -> None:
         _wait_for_worker(base_url, settings, procs, timeout_s=300)
         shapes = settings.model == "shapes" and settings.models_file is None
         prompt = SHAPES_PROMPT if shapes else "a red fox in the snow"
-        print(_banner(base_url, settings.auth_enabled, prompt), flush=True)
+        vocabulary = _vocabulary() if shapes else ""
+        print(_banner(base_url, settings.auth_enabled, prompt, vocabulary), flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a service process exited; stopping the stack", file=sys.stderr)
