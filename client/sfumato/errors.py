@@ -56,11 +56,12 @@ class RateLimitError(APIError):
 
 
 class ServiceUnavailableError(APIError):
-    """503 (queue or storage unavailable) or 504 (not ready in time); 503 is retried first."""
+    """503 (queue or storage unavailable) or 504 (not ready in time); both are retried first
+    (503 after its ``Retry-After``)."""
 
 
 class ServerError(APIError):
-    """Any other 5xx."""
+    """Any other 5xx; 500 and 502 are retried first (safe: every submit carries an Idempotency-Key)."""
 
 
 class APIConnectionError(SfumatoError):

@@ -8,7 +8,7 @@ from pathlib import Path
 from tests.support.prometheus import DEPLOY, RULES, promtool
 
 PROMETHEUS_DIR = DEPLOY / "prometheus"
-SOURCES = [p for d in ("core", "api", "worker") for p in (PROMETHEUS_DIR.parents[1] / d).glob("*.py")]
+SOURCES = [p for d in ("core", "api", "worker") for p in (PROMETHEUS_DIR.parents[1] / d).rglob("*.py")]
 
 
 def test_rules_are_valid() -> None:

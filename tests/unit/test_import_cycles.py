@@ -24,7 +24,7 @@ SOURCE_ROOTS: dict[str, Path] = {
     "training": REPO_ROOT,
     "bench": REPO_ROOT,
     "tests": REPO_ROOT,
-    "sfumato": REPO_ROOT / "client" if (REPO_ROOT / "client" / "sfumato").is_dir() else REPO_ROOT,
+    "sfumato": REPO_ROOT / "client",
 }
 
 

@@ -26,7 +26,7 @@ def test_error_codes_are_bounded() -> None:
 def test_every_job_error_code_in_the_code_base_is_known() -> None:
     # A job's error code becomes a label value: one that is not known would be counted as
     # "other". Add new codes to core.metrics._EXTRA_CODES (or make them a ServiceError class).
-    sources = [*(ROOT / "worker").glob("*.py"), ROOT / "core" / "jobs.py"]
+    sources = [*(ROOT / "worker").rglob("*.py"), ROOT / "core" / "jobs.py"]
     literals = set()
     for path in sources:
         text = path.read_text()
