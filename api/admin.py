@@ -5,6 +5,7 @@ reaches the keys every replica reads. This is how the first admin key is made::
 
     sfumato-admin keys create --tenant ops --name bootstrap --scope admin
     sfumato-admin keys create --tenant acme --name ci --images-per-minute 30
+    sfumato-admin keys create --tenant acme --name bulk --priority batch
     sfumato-admin keys list [--tenant acme]
     sfumato-admin keys revoke <id>
     sfumato-admin keys hash sf_<id>_<secret>     # an entry for SFUMATO_API_KEYS_FILE
@@ -27,6 +28,7 @@ from core.config import get_settings
 from core.errors import ServiceError
 from core.jobs import connect
 from core.keyfile import read_key_file, seed_keys
+from core.priority import DEFAULT_PRIORITY, PRIORITIES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--burst", type=int, help="request burst (default: SFUMATO_RATE_LIMIT_BURST)")
     create.add_argument("--images-per-minute", type=int, help="default: SFUMATO_IMAGES_PER_MINUTE")
     create.add_argument("--max-concurrent-jobs", type=int, help="default: SFUMATO_MAX_CONCURRENT_JOBS")
+    create.add_argument(
+        "--priority",
+        choices=PRIORITIES,
+        default=DEFAULT_PRIORITY,
+        help="the class of the key's jobs: their default and the highest a request may ask for",
+    )
     command("list", "list keys (never their secrets)").add_argument("--tenant")
     command("show", "show one key").add_argument("key_id")
     command("revoke", "revoke a key (effective at once)").add_argument("key_id")
@@ -63,7 +71,8 @@ def _line(key: ApiKey) -> str:
     created = datetime.fromtimestamp(key.created_at, UTC).strftime("%Y-%m-%d %H:%M")
     state = "REVOKED" if key.revoked else "active"
     limits = " ".join(f"{k}={v}" for k, v in key.limits.overrides().items())
-    return f"{key.id}  {state:7}  {key.tenant:16}  {','.join(sorted(key.scopes)):32}  {created}  {key.name} {limits}"
+    scopes = ",".join(sorted(key.scopes))
+    return f"{key.id}  {state:7}  {key.tenant:16}  {scopes:32}  {key.priority:11}  {created}  {key.name} {limits}"
 
 
 def _run(args: argparse.Namespace, out: list[str]) -> None:
@@ -78,7 +87,7 @@ def _run(args: argparse.Namespace, out: list[str]) -> None:
         store = KeyStore(connection, settings)
         if args.command == "create":
             limits = KeyLimits(args.rps, args.burst, args.images_per_minute, args.max_concurrent_jobs)
-            key, token = store.create(args.tenant, args.name, args.scope or list(DEFAULT_SCOPES), limits)
+            key, token = store.create(args.tenant, args.name, args.scope or list(DEFAULT_SCOPES), limits, args.priority)
             out.append(json.dumps({**key.public(), "key": token}) if args.json else token)
             if not args.json:
                 print(f"created key {key.id} for tenant {key.tenant}; it is shown only this once", file=sys.stderr)

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from api.errors import install_error_handlers
-from api.hardening import install_middleware
+from api.hardening import install_middleware, install_security_headers
+from api.job_reaper import job_reaper
 from api.metrics import install_observability
 from api.resources import ApiServices
 from api.routes import admin_keys, events, files, health, images, models, openai_images, webhooks
@@ -29,7 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         check_models(settings)
         seed_keys_from_file(services)
         try:
-            async with webhook_sender(services):  # api/webhook_sender.py: deliveries of ended jobs
+            # api/webhook_sender.py: deliveries of ended jobs; api/job_reaper.py: dead workers' jobs
+            async with webhook_sender(services), job_reaper(services):
                 yield
         finally:
             services.close()
@@ -47,8 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
     )
     install_error_handlers(app)
-    install_middleware(app, settings)
-    install_observability(app, settings)  # outermost: metrics, request ids, access log, /metrics
+    install_middleware(app, settings)  # body limit, authentication, CORS
+    install_observability(app, settings)  # metrics, request ids, access log, /metrics
+    install_security_headers(app, settings)  # outermost: on every response, /metrics included
     for module in (openai_images, images, events, webhooks, models, admin_keys, files, health):
         app.include_router(module.router)
     return app

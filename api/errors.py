@@ -8,6 +8,7 @@ and the limit.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,6 +26,7 @@ from core.errors import (
     PayloadTooLarge,
     QueueUnavailable,
     RateLimited,
+    ServerBusy,
     ServiceError,
     StorageUnavailable,
     Unauthorized,
@@ -50,6 +52,7 @@ HTTP_STATUS: tuple[tuple[type[ServiceError], int], ...] = (
     (QueueUnavailable, 503),
     (StorageUnavailable, 503),
     (ModelUnavailable, 503),
+    (ServerBusy, 503),
 )
 
 
@@ -71,8 +74,8 @@ _DOCUMENTED: dict[int, dict[str, Any]] = {
         "headers": _RETRY_AFTER,
     },
     503: {
-        "description": "Queue or storage unavailable, or no live worker serves the model (code no_worker); "
-        "retry after Retry-After",
+        "description": "Queue or storage unavailable, no live worker serves the model (code no_worker), or "
+        "the API is holding as many large request bodies as it may (code server_busy); retry after Retry-After",
         "headers": _RETRY_AFTER,
     },
     504: {"description": "The images were not ready in time (code timeout); the job was canceled"},
@@ -98,9 +101,29 @@ def error_response(status: int, code: str, message: str, param: str | None = Non
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
+#: Where FastAPI says a parameter came from: the first element of a request error's loc.
+_SOURCES = frozenset({"body", "query", "header", "path", "cookie"})
+
+
+def param_path(loc: Sequence[int | str]) -> str | None:
+    """A pydantic ``loc`` as the one spelling every error's ``param`` uses: list items in
+    brackets, fields after dots (``("controlnet", 0, "image")`` -> ``controlnet[0].image``), the
+    same as the hand-written params of ``core/validation.py`` and ``core/controlnets.py``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
+
+
 def _describe_validation_error(err: dict[str, Any]) -> tuple[str | None, str]:
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "header", "path")]
-    param = ".".join(loc) or None
+    loc = tuple(err.get("loc", ()))
+    if loc and loc[0] in _SOURCES:
+        loc = loc[1:]
+    # A JSON syntax error's loc is the character offset: the body as a whole is to blame.
+    param = "body" if err.get("type") == "json_invalid" else param_path(loc)
     message = str(err.get("msg", "invalid value"))
     if "input" in err and not isinstance(err["input"], dict | list):
         value = repr(err["input"])
@@ -129,7 +152,18 @@ def _headers_for(exc: ServiceError, status: int) -> dict[str, str]:
 def response_for(exc: ServiceError) -> JSONResponse:
     """The HTTP response of ``exc``: used by the handler below and by the ASGI middlewares."""
     status = status_for(exc)
+    if status >= 500:
+        _log_cause(exc, status)
     return error_response(status, exc.code, exc.message, exc.param, **_headers_for(exc, status))
+
+
+def _log_cause(exc: ServiceError, status: int) -> None:
+    """A 5xx tells the client only a stable code and a human message; what caused it (the
+    exception class and text, e.g. the Redis connection error) goes to the log, where the
+    request id is attached (core/logs.py)."""
+    cause = exc.__cause__ or exc.__context__
+    detail = f"{type(cause).__name__}: {cause}" if cause is not None else exc.message
+    log.warning("%d %s: %s", status, exc.code, detail[:500], extra={"event": "service_error", "code": exc.code})
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:

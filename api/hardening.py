@@ -1,10 +1,9 @@
-"""HTTP hardening as pure ASGI middleware: the body size limit, security headers, CORS, and
-the order of the whole middleware stack.
+"""HTTP hardening as pure ASGI middleware: security headers, CORS, and the order of the
+stack (the body limit and its budget are ``api/body_limit.py``).
 
-Pure ASGI (not ``BaseHTTPMiddleware``) so the body limit sees the raw byte stream: a request
-declaring a larger ``Content-Length`` is answered 413 before a byte is read, and a chunked one
-is cut off as soon as the bytes counted pass the limit. The app only ever sees a complete body
-within the limit, so nothing downstream (JSON parsing, base64 decoding) runs on an oversized one.
+Security headers are added outermost of all (:func:`install_security_headers`, after the
+observability middleware), so every response carries them: ``/metrics``, which that middleware
+answers itself, and the 401, 413 and 429 answers of the middlewares inside it.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import AuthMiddleware
-from api.errors import response_for
+from api.body_limit import BodySizeLimit
 from core.config import Settings
-from core.errors import PayloadTooLarge
 
 #: For JSON and images: nothing may load, nothing may frame us.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -28,67 +26,6 @@ DOCS_CSP = (
     "connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
-
-
-class BodySizeLimit:
-    """413 for a body above ``max_bytes``, checked before the app reads (and so parses) it."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = _content_length(scope)
-        if declared is not None and declared > self.max_bytes:
-            await self._refuse(scope, receive, send, f"declares {declared} bytes")
-            return
-        # Read the whole body first (the app would buffer it anyway), counting as it streams in.
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                chunks.clear()
-                await self._refuse(scope, receive, send, f"is more than {self.max_bytes} bytes")
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        chunks.clear()
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: waits for http.disconnect
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send, what: str) -> None:
-        exc = PayloadTooLarge(f"the request body {what}; the limit is {self.max_bytes} bytes", param="body")
-        response = response_for(exc)
-        response.headers["Connection"] = "close"  # the rest of the body is never read
-        await response(scope, receive, send)
-
-
-def _content_length(scope: Scope) -> int | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None  # the server already refuses a malformed one
-    return None
 
 
 class SecurityHeaders:
@@ -124,10 +61,14 @@ class SecurityHeaders:
 
 
 def install_middleware(app: FastAPI, settings: Settings) -> None:
-    """The middleware stack, outermost first: security headers, CORS (when configured),
-    authentication, body limit. Authentication comes before the body limit so an
-    unauthenticated caller never gets its body buffered."""
-    app.add_middleware(BodySizeLimit, max_bytes=settings.resolved_max_body_bytes)
+    """The stack inside observability, outermost first: CORS (when configured), authentication,
+    body limit. Authentication comes before the body limit so an unauthenticated caller never
+    gets its body read, nor a share of the body budget."""
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.resolved_max_body_bytes,
+        budget_bytes=settings.resolved_max_body_bytes_in_flight,
+    )
     app.add_middleware(AuthMiddleware)
     origins = settings.cors_origins
     if origins:
@@ -140,4 +81,8 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
             allow_credentials=False,  # bearer keys, never cookies
             max_age=600,
         )
+
+
+def install_security_headers(app: FastAPI, settings: Settings) -> None:
+    """Add :class:`SecurityHeaders` outermost: call after every other ``add_middleware``."""
     app.add_middleware(SecurityHeaders, hsts_max_age_s=settings.hsts_max_age_s)

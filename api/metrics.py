@@ -1,10 +1,12 @@
 """HTTP metrics, request ids, access logs and ``GET /metrics`` for the API: one ASGI middleware.
 
-It is the outermost middleware (``install_observability`` adds it last), so it sees every
-request, including those that authentication, the body limit or the rate limits answer before
-any route runs, and it serves ``/metrics`` itself, ahead of authentication: Prometheus scrapes
-without an API key. The metrics hold no secrets and no per-request labels; expose the port to
-your scraper only, or turn them off with ``SFUMATO_METRICS_ENABLED=false``.
+It sits outside every other middleware but the security headers (``api/app.py`` adds it after
+the others, then ``SecurityHeaders`` around it), so it sees every request, including those that
+authentication, the body limit or the rate limits answer before any route runs, and it serves
+``/metrics`` itself, ahead of authentication: Prometheus scrapes without an API key. Its answer
+still carries the security headers, like every other response. The metrics hold no secrets
+and no per-request labels; expose the port to your scraper only, or turn them off with
+``SFUMATO_METRICS_ENABLED=false``.
 
 Per request:
 
@@ -57,6 +59,16 @@ HTTP_DURATION = Histogram(
 )
 HTTP_IN_FLIGHT = Gauge(
     "sfumato_http_requests_in_flight", "HTTP requests being answered now.", multiprocess_mode="livesum"
+)
+BODY_BYTES_IN_FLIGHT = Gauge(
+    "sfumato_http_body_bytes_in_flight",
+    "Request body bytes reserved from the body budget (SFUMATO_MAX_BODY_BYTES_IN_FLIGHT) now.",
+    multiprocess_mode="livesum",
+)
+BODIES_WAITING = Gauge(
+    "sfumato_http_bodies_waiting",
+    "Requests whose body waits for room in the body budget before it is read.",
+    multiprocess_mode="livesum",
 )
 
 
@@ -189,5 +201,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 def install_observability(app: FastAPI, settings: Settings) -> None:
-    """Add the middleware outermost: call after every other ``add_middleware``."""
+    """Add the middleware outside the others: call after ``install_middleware`` (and before
+    ``install_security_headers``, which wraps it)."""
     app.add_middleware(ObservabilityMiddleware, settings=settings)

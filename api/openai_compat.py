@@ -14,10 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from api.errors import param_path
 from core.errors import InvalidRequest
 from core.jobs import JobRecord
 from core.schemas import ImageRequest, OutputFormat
 from core.storage import LocalStore, S3Store
+from core.text import Name, Text
 
 #: OpenAI's own model names run on the deployment's default model.
 OPENAI_MODEL_PREFIXES = ("dall-e", "gpt-image")
@@ -29,17 +31,17 @@ class OpenAIImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    prompt: str = Field(..., min_length=1)
-    model: str | None = Field(None, description="A Sfumato model id; OpenAI names use the default model.")
+    prompt: Text = Field(..., min_length=1)
+    model: Name | None = Field(None, description="A Sfumato model id; OpenAI names use the default model.")
     n: int = Field(1, ge=1)
     size: str | None = Field(None, description="'WIDTHxHEIGHT' (multiples of 8) or 'auto'.")
     response_format: Literal["url", "b64_json"] | None = Field(None, description="Default 'url'.")
     output_format: OutputFormat | None = None
-    user: str | None = Field(None, max_length=256, description="Accepted for compatibility; not stored.")
-    quality: str | None = None
-    style: str | None = None
-    background: str | None = None
-    moderation: str | None = None
+    user: Name | None = Field(None, max_length=256, description="Accepted for compatibility; not stored.")
+    quality: Name | None = None
+    style: Name | None = None
+    background: Name | None = None
+    moderation: Name | None = None
     output_compression: int | None = None
     stream: bool | None = None
 
@@ -69,7 +71,7 @@ def to_image_request(body: OpenAIImageRequest) -> ImageRequest:
         return ImageRequest.model_validate(fields)
     except ValidationError as exc:
         error = exc.errors()[0]
-        param = ".".join(str(p) for p in error.get("loc", ())) or None
+        param = param_path(error.get("loc", ()))
         raise InvalidRequest(f"{param}: {error.get('msg', 'invalid value')}", param=param) from None
 
 

@@ -38,9 +38,11 @@ async def submit(
     """Validate and enqueue ``body`` for ``principal`` (blocking work runs in the threadpool)."""
     settings = services.settings
     tenant = principal.tenant
+    priority = principal.job_priority(body.priority)  # 422 above the key's class (core/apikeys.py)
     payload = await run_in_threadpool(
         normalize_request, body, settings, tenant=tenant, job_id=new_job_id(), now=time.time()
     )
+    payload = payload.model_copy(update={"priority": priority})
     if body.webhook_url is not None:
         await run_in_threadpool(services.webhooks.check_url, body.webhook_url)  # resolves DNS
     if idempotency_key is not None:

@@ -31,7 +31,7 @@ def read_extras(services: ApiServices, record: JobRecord) -> JobExtras:
         position: int | None = None
         waiting_for: Literal["no_worker"] | None = None
         if record.status == "queued":
-            position = queue_position(connection, settings, record.payload.model, job_id)
+            position = queue_position(connection, settings, record.payload.model, job_id, record.payload.priority)
             if live_workers(connection, settings, record.payload.model) == 0:
                 waiting_for = "no_worker"  # queued with scale-from-zero: say so, never silently stuck
         progress = latest_progress(connection, settings, job_id) if record.status != "queued" else None
@@ -74,6 +74,7 @@ def job_view(
         model=payload.model,
         mode=payload.mode,
         n=payload.n,
+        priority=payload.priority,
         created_at=payload.created_at,
         started_at=record.started_at,
         finished_at=record.ended_at if record.status in ("succeeded", "failed", "canceled") else None,

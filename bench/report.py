@@ -76,14 +76,15 @@ def batching_table(data: dict[str, Any]) -> str:
 def chaos_table(data: dict[str, Any]) -> str:
     lines = [
         "| scenario | acknowledged | succeeded | lost | stuck | duplicates | succeeded w/o objects | "
-        "not succeeded (codes) | worst recovery s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "not succeeded (codes) | worst recovery s | failed by another's input |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, r in data["scenarios"].items():
         codes = ", ".join(f"{k} {v}" for k, v in r["not_succeeded_by_code"].items()) or "-"
         lines.append(
             f"| {name} | {r['acknowledged']} | {r['succeeded']} | {r['lost']} | {r['stuck']} | {r['duplicates']} | "
-            f"{r['succeeded_without_objects']} | {codes} | {r.get('worst_recovery_s', '-')} |"
+            f"{r['succeeded_without_objects']} | {codes} | {r.get('worst_recovery_s', '-')} | "
+            f"{r.get('failed_by_another_input', '-')} |"
         )
     return "\n".join(lines)
 
@@ -133,6 +134,69 @@ def shapes_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_BODY_PHASES = {
+    "max_size_valid": "largest valid body (202)",
+    "max_size_valid_without_budget": "largest valid body, budget off (`SFUMATO_MAX_BODY_BYTES_IN_FLIGHT=0`)",
+    "over_limit_declared": "1 MiB over the limit, `Content-Length`",
+    "over_limit_chunked": "1 MiB over the limit, chunked",
+}
+
+
+def body_memory_table(data: dict[str, Any]) -> str:
+    """API memory under concurrent maximum-size and over-limit bodies (bench/body_memory.py)."""
+    mib = 1024 * 1024
+    lines = [
+        f"{data['concurrency']} clients at once, {data['rounds']} rounds, a fresh API process per row; body limit "
+        f"{data['limit_bytes']:,} bytes, budget {data['budget_bytes']:,} bytes (defaults); measured "
+        f"{data['measured_at']} (`{data['command']}`):",
+        "",
+        "| bodies | body MiB | answers | API idle RSS MiB | peak RSS growth MiB | bodies held per client | "
+        "RSS growth after MiB | seconds per round |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, label in _BODY_PHASES.items():
+        p = data["phases"].get(name)
+        if p is None:
+            continue
+        answers = ", ".join(f"{n} x {code}" for code, n in sorted(p["statuses"].items()))
+        lines.append(
+            f"| {label} | {p['body_bytes'] / mib:.1f} | {answers} | {p['api_idle_rss_mib']} | "
+            f"{p['worst_peak_growth_mib']} | {p['bodies_per_concurrent_request']} | "
+            f"{max(p['settled_growth_mib'])} | {max(p['round_wall_s'])} |"
+        )
+    return "\n".join(lines)
+
+
+def priorities_table(data: dict[str, Any]) -> str:
+    lines = [
+        f"{data['model']} ({data['size']} px, {data['steps']} steps, {data['dtype']}, {data['device']}), one worker, "
+        f"max_batch={data['max_batch']}, {data['backlog']} bulk jobs kept queued, measured {data['measured_at']} "
+        f"(`{data['command']}`):",
+        "",
+        "| interactive request | samples | p50 s | p90 s | mean s | max s | mean queued s | mean run s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    rows = {
+        "idle system": data["idle"],
+        "under the saturating bulk load": data["loaded"],
+        "same load, sent as `batch` (no priority)": data["control_same_load_batch_class"],
+    }
+    for label, p in rows.items():
+        lines.append(
+            f"| {label} | {p['samples']} | {p['p50_s']} | {p['p90_s']} | {p['mean_s']} | {p['max_s']} | "
+            f"{p.get('mean_queued_s', '')} | {p.get('mean_run_s', '')} |"
+        )
+    summary = data["summary"]
+    lines += [
+        "",
+        f"Loaded / idle: {summary['loaded_vs_idle_p50']}x at the median, {summary['loaded_vs_idle_mean']}x on "
+        f"the mean (target: within 2x). The bulk queue never fell below "
+        f"{data['bulk_min_queue_depth_while_measuring']} jobs while measuring; the worker took "
+        f"{data['bulk_jobs_taken_per_s_while_measuring']} bulk jobs/s meanwhile.",
+    ]
+    return "\n".join(lines)
+
+
 #: Table name (as a page's marker writes it) -> (result file, how to render it).
 SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "batching-tiny": ("batching-tiny.json", batching_table),
@@ -140,6 +204,8 @@ SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "batching-sd15-cuda": ("batching-sd15-cuda.json", batching_table),
     "chaos": ("chaos.json", chaos_table),
     "shapes": ("shapes.json", shapes_table),
+    "body-memory": ("body-memory.json", body_memory_table),
+    "priorities": ("priorities.json", priorities_table),
 }
 
 

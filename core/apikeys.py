@@ -26,6 +26,7 @@ import redis
 from core.config import Settings
 from core.errors import InvalidRequest, KeyNotFound, Unauthorized
 from core.jobs import redis_errors
+from core.priority import DEFAULT_PRIORITY, PRIORITIES, PriorityClass, rank
 
 IMAGES_READ = "images:read"
 IMAGES_WRITE = "images:write"
@@ -82,6 +83,8 @@ class ApiKey:
     revoked: bool = False
     revoked_at: float | None = None
     limits: KeyLimits = field(default_factory=KeyLimits)
+    #: The class of the key's jobs: their default, and the highest a request may ask for.
+    priority: PriorityClass = DEFAULT_PRIORITY
 
     def public(self) -> dict[str, Any]:
         """What the admin API and CLI show: no hash, no secret."""
@@ -94,6 +97,7 @@ class ApiKey:
             "revoked": self.revoked,
             "revoked_at": self.revoked_at,
             "limits": self.limits.overrides(),
+            "priority": self.priority,
         }
 
 
@@ -105,10 +109,36 @@ class Principal:
     tenant: str
     scopes: frozenset[str]
     limits: KeyLimits  # resolved: every field set
+    #: A request without ``priority`` gets this class ...
+    priority: PriorityClass = DEFAULT_PRIORITY
+    #: ... and may ask for any class up to this one.
+    max_priority: PriorityClass = DEFAULT_PRIORITY
 
     @classmethod
     def of(cls, key: ApiKey, settings: Settings) -> Principal:
-        return cls(key_id=key.id, tenant=key.tenant, scopes=key.scopes, limits=key.limits.resolve(settings))
+        return cls(
+            key_id=key.id,
+            tenant=key.tenant,
+            scopes=key.scopes,
+            limits=key.limits.resolve(settings),
+            priority=key.priority,
+            max_priority=key.priority,
+        )
+
+    def job_priority(self, asked: PriorityClass | None) -> PriorityClass:
+        """The class of a job this caller submits: ``asked`` (else the key's), never above the
+        key's; a higher ask is refused (422, nothing queued) rather than quietly lowered, so a
+        client learns its key's class instead of getting slower service without a word."""
+        if asked is None:
+            return self.priority
+        if rank(asked) < rank(self.max_priority):
+            allowed = ", ".join(PRIORITIES[rank(self.max_priority) :])
+            raise InvalidRequest(
+                f"priority {asked!r} is above this API key's priority {self.max_priority!r}; "
+                f"this key may ask for: {allowed}",
+                param="priority",
+            )
+        return asked
 
 
 #: The caller when SFUMATO_AUTH_ENABLED=false (dev mode): one tenant with every scope.
@@ -122,6 +152,8 @@ def anonymous_principal(settings: Settings) -> Principal:
         tenant=ANONYMOUS_TENANT,
         scopes=frozenset(SCOPES),
         limits=KeyLimits().resolve(settings),
+        priority=DEFAULT_PRIORITY,
+        max_priority=PRIORITIES[0],  # no keys, no ceilings: any class may be asked for
     )
 
 
@@ -180,6 +212,13 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_priority(priority: str) -> PriorityClass:
+    for known in PRIORITIES:
+        if priority == known:
+            return known
+    raise InvalidRequest(f"priority must be one of {', '.join(PRIORITIES)}; got {priority!r}", param="priority")
+
+
 def check_key_id(key_id: str) -> str:
     if not _KEY_ID.fullmatch(key_id):
         raise InvalidRequest(f"key id must be {_ID_LEN} lowercase hex characters", param="key_id")
@@ -212,6 +251,8 @@ def _to_key(key_id: str, data: dict[bytes, bytes]) -> tuple[ApiKey, str]:
         revoked=text.get("revoked") == "1",
         revoked_at=float(text["revoked_at"]) if text.get("revoked_at") else None,
         limits=limits,
+        # Keys stored before priorities existed have no field: standard, as their jobs always were.
+        priority=check_priority(text["priority"]) if text.get("priority") else DEFAULT_PRIORITY,
     )
     return key, text.get("secret_sha256", "")
 
@@ -237,6 +278,7 @@ class KeyStore:
         name: str,
         scopes: list[str] | tuple[str, ...] = DEFAULT_SCOPES,
         limits: KeyLimits | None = None,
+        priority: str = DEFAULT_PRIORITY,
     ) -> tuple[ApiKey, str]:
         """A new key: returns the record and the token (the only time the token exists)."""
         key_id, token = generate_token()
@@ -249,6 +291,7 @@ class KeyStore:
             scopes=check_scopes(scopes),
             created_at=time.time(),
             limits=limits or KeyLimits(),
+            priority=check_priority(priority),
         )
         self.put(key, hash_secret(parsed[1]))
         return key, token
@@ -263,6 +306,7 @@ class KeyStore:
             "created_at": repr(key.created_at),
             "revoked": "1" if key.revoked else "0",
             "revoked_at": "" if key.revoked_at is None else repr(key.revoked_at),
+            "priority": key.priority,
         }
         for name in LIMIT_FIELDS:
             value = getattr(key.limits, name)

@@ -27,6 +27,12 @@ from core.settings import (
     StorageSettings,
 )
 
+#: Room in the default body limit for the JSON around the uploads: two prompts at their limit,
+#: fully \u-escaped (6 bytes a character), LoRAs, ControlNet units and the other fields.
+JSON_ALLOWANCE_BYTES = 64 * 1024
+#: Maximum-size bodies an API process reads and holds at once by default.
+BODIES_IN_FLIGHT = 4
+
 
 class Settings(
     StorageSettings,
@@ -46,11 +52,23 @@ class Settings(
 
     @property
     def resolved_max_body_bytes(self) -> int:
-        """The body limit in force: explicit, or room for an image, a mask and
-        ``max_controlnets`` control images at the upload limit."""
+        """The body limit in force: explicit, or exactly what the largest valid request carries:
+        an init image, a mask and ``max_controlnets`` control images, each at the upload limit
+        and base64-encoded (the bound ``core.uploads.inspect_upload`` applies), plus
+        :data:`JSON_ALLOWANCE_BYTES` for everything else. A body past it could only be refused
+        later, after costing its parse."""
         if self.max_body_bytes is not None:
             return self.max_body_bytes
-        return (2 + self.max_controlnets) * (self.max_upload_bytes * 4 // 3 + 4) + 64 * 1024
+        uploads = 2 + self.max_controlnets
+        return uploads * (self.max_upload_bytes * 4 // 3 + 4) + JSON_ALLOWANCE_BYTES
+
+    @property
+    def resolved_max_body_bytes_in_flight(self) -> int:
+        """Body bytes one API process may hold at once: explicit (0 = unbounded) or
+        :data:`BODIES_IN_FLIGHT` maximum-size bodies."""
+        if self.max_body_bytes_in_flight is not None:
+            return self.max_body_bytes_in_flight
+        return BODIES_IN_FLIGHT * self.resolved_max_body_bytes
 
     @property
     def resolved_lora_dir(self) -> Path:

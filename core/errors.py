@@ -88,6 +88,15 @@ class GenerationFailed(ServiceError):
     code = "generation_failed"
 
 
+#: What a client reads when the model raised an exception of its own: the exception (class,
+#: text, traceback) goes to the worker's log with the job id. Internal names mean nothing to a
+#: client and may say more than they should (paths, addresses, library internals).
+MODEL_FAILED_MESSAGE = (
+    "the model could not generate this job's images; if it happens again with the same request, "
+    "report the job id (the worker's log has the details)"
+)
+
+
 class ModelUnavailable(ServiceError):
     """The configured model cannot be loaded or the requested backend is missing."""
 
@@ -160,6 +169,14 @@ class PayloadTooLarge(ServiceError):
     """The request body is larger than SFUMATO_MAX_BODY_BYTES (HTTP 413); it was not parsed."""
 
     code = "payload_too_large"
+
+
+class ServerBusy(ServiceError):
+    """The API process is already reading as many request body bytes as it may hold
+    (SFUMATO_MAX_BODY_BYTES_IN_FLIGHT) and this body waited too long for room (HTTP 503)."""
+
+    code = "server_busy"
+    retry_after_s = 5
 
 
 class UnsafeUrl(ServiceError):

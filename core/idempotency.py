@@ -30,8 +30,18 @@ class Claim:
     replay: bool
 
 
+#: The canonical JSON the fingerprint hashes (sorted keys, no spaces).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def fingerprint(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """SHA-256 of ``body``'s canonical JSON, hashed piece by piece as it is encoded: the same
+    digest as hashing ``json.dumps(...)``, without holding a second copy of a body whose
+    uploads make it tens of megabytes (at most one field's text is held at a time)."""
+    digest = hashlib.sha256()
+    for piece in _CANONICAL.iterencode(body):
+        digest.update(piece.encode())
+    return digest.hexdigest()
 
 
 class IdempotencyKeys:

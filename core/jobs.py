@@ -29,6 +29,7 @@ from core.errors import ErrorDict, JobConflict, JobNotFound, QueueUnavailable
 from core.logs import request_meta
 from core.metrics import record_finished, record_submitted
 from core.models import queue_name
+from core.priority import DEFAULT_PRIORITY, WAKE_CAP, PriorityClass, wake_key
 from core.schemas import JobPayload, JobResult, JobStatus
 
 #: The function path recorded on each RQ job. Only the Sfumato worker executes these jobs; the
@@ -85,7 +86,8 @@ def redis_errors() -> Iterator[None]:
         redis.exceptions.InvalidResponse,
         redis.exceptions.BusyLoadingError,
     ) as exc:
-        raise QueueUnavailable(f"the job queue is unavailable ({type(exc).__name__}); retry shortly") from exc
+        # The cause (class, address) stays on the exception for the API's log (api/errors.py).
+        raise QueueUnavailable("the job queue is unavailable at the moment; retry shortly") from exc
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -116,16 +118,21 @@ class JobStore:
         self.connection = connection
         self.settings = settings
 
-    def queue(self, model_id: str) -> Queue:
-        return Queue(queue_name(self.settings, model_id), connection=self.connection, serializer=JSONSerializer)
+    def queue(self, model_id: str, priority: PriorityClass = DEFAULT_PRIORITY) -> Queue:
+        """The RQ queue of one model and priority class (core/priority.py)."""
+        name = queue_name(self.settings, model_id, priority)
+        return Queue(name, connection=self.connection, serializer=JSONSerializer)
 
     def enqueue(self, payload: JobPayload) -> None:
-        """Put a validated payload on its model's queue. The payload is the only argument.
+        """Put a validated payload on its model's queue for its priority class. The payload is
+        the only argument.
 
         The job hash also gets its batch tag (``core.batch_key.batch_tag``) in the same
-        MULTI/EXEC, so a worker scanning the queue for partners never sees an untagged job.
+        MULTI/EXEC, so a worker scanning the queue for partners never sees an untagged job; and
+        a token goes on the queue's wake list, which idle workers block on (bounded; a worker
+        that misses it still looks at its queues every second).
         """
-        queue = self.queue(payload.model)
+        queue = self.queue(payload.model, payload.priority)
         with redis_errors(), self.connection.pipeline() as pipe:
             job = queue.enqueue_call(
                 GENERATE_FUNC,
@@ -141,6 +148,10 @@ class JobStore:
                 pipeline=pipe,
             )
             pipe.hset(job.key, BATCH_TAG_FIELD, batch_tag(payload))
+            wake = wake_key(queue.key)
+            pipe.rpush(wake, "1")
+            pipe.ltrim(wake, -WAKE_CAP, -1)
+            pipe.expire(wake, 600)
             pipe.execute()
         record_submitted(payload)
 
@@ -190,7 +201,8 @@ class JobStore:
             if status == "queued" and self.connection.lrem(queue_key, 0, job_id):
                 with suppress(InvalidJobOperation):  # canceled concurrently: the outcome is the same
                     job.cancel()
-                record_finished(payload_of(job).model, "canceled")
+                canceled = payload_of(job)
+                record_finished(canceled.model, "canceled", priority=canceled.priority)
                 return record_of(job), True
             self.connection.set(cancel_key(self.settings, job_id), "1", ex=self.settings.job_timeout_s + 60)
             return record_of(job), False
@@ -209,6 +221,8 @@ def wire_payload(payload: JobPayload) -> dict[str, Any]:
     default back in; only jobs that use the feature need the new workers.
     """
     data = payload.model_dump(mode="json")
+    if data.get("priority") == DEFAULT_PRIORITY:
+        del data["priority"]  # the same reason: the standard queue is the one old workers read
     for name, field in JobPayload.model_fields.items():
         if field.is_required() or name not in data:
             continue

@@ -7,7 +7,8 @@ that can call the API::
 
     {"keys": [
       {"id": "3f2a...", "secret_sha256": "9b1c...", "tenant": "acme", "name": "ci",
-       "scopes": ["images:read", "images:write"], "limits": {"images_per_minute": 30}}
+       "scopes": ["images:read", "images:write"], "limits": {"images_per_minute": 30},
+       "priority": "interactive"}
     ]}
 
 Seeding is an upsert run by every API replica at start-up: tenant, name, scopes, hash and limits
@@ -37,6 +38,7 @@ from core.apikeys import (
     hash_token,
 )
 from core.errors import InvalidRequest
+from core.priority import DEFAULT_PRIORITY, PriorityClass
 
 
 class LimitsEntry(BaseModel):
@@ -60,6 +62,8 @@ class KeyEntry(BaseModel):
     id: str | None = None
     secret_sha256: str | None = None
     limits: LimitsEntry = LimitsEntry()
+    #: The key's priority class (core/priority.py): its jobs' default and ceiling.
+    priority: PriorityClass = DEFAULT_PRIORITY
 
     @model_validator(mode="after")
     def _one_form(self) -> KeyEntry:
@@ -124,6 +128,7 @@ def seed_keys(store: KeyStore, entries: list[KeyEntry]) -> list[ApiKey]:
             scopes=check_scopes(entry.scopes),
             created_at=time.time(),
             limits=KeyLimits(**entry.limits.model_dump()),
+            priority=entry.priority,
         )
         if found is not None:
             old = found[0]

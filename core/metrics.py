@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from core.errors import ServiceError
+from core.priority import DEFAULT_PRIORITY, PriorityClass
 from core.schemas import JobPayload
 
 log = logging.getLogger("sfumato.jobs")
@@ -55,13 +56,14 @@ disable_created_metrics()
 
 JOBS_SUBMITTED = Counter(
     "sfumato_jobs_submitted_total",
-    "Jobs put on a queue, by model and mode.",
-    ["model", "mode"],
+    "Jobs put on a queue, by model, mode and priority class.",
+    ["model", "mode", "priority"],
 )
 JOBS_FINISHED = Counter(
     "sfumato_jobs_finished_total",
-    "Jobs that reached a final state (succeeded, failed, canceled), by error code (none unless failed).",
-    ["model", "state", "code"],
+    "Jobs that reached a final state (succeeded, failed, canceled), by error code (none unless failed) "
+    "and priority class.",
+    ["model", "state", "code", "priority"],
 )
 
 
@@ -85,14 +87,17 @@ def bounded_code(code: str | None) -> str:
 
 def record_submitted(payload: JobPayload) -> None:
     """Count a job put on its queue, and log it (with the request id of the context)."""
-    JOBS_SUBMITTED.labels(payload.model, payload.mode).inc()
+    JOBS_SUBMITTED.labels(payload.model, payload.mode, payload.priority).inc()
     fields = {"event": "job_submitted", "job_id": payload.job_id, "model": payload.model, "mode": payload.mode}
+    fields["priority"] = payload.priority
     log.info("job %s submitted (%s, n=%d)", payload.job_id, payload.mode, payload.n, extra=fields)
 
 
-def record_finished(model: str, state: str, code: str | None = None) -> None:
+def record_finished(
+    model: str, state: str, code: str | None = None, priority: PriorityClass = DEFAULT_PRIORITY
+) -> None:
     """Count a job that reached ``state``; ``code`` only for failures."""
-    JOBS_FINISHED.labels(model, state, bounded_code(code) if state == "failed" else NO_ERROR).inc()
+    JOBS_FINISHED.labels(model, state, bounded_code(code) if state == "failed" else NO_ERROR, priority).inc()
 
 
 def multiprocess_dir() -> str | None:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from core.config import Settings
 from core.errors import ModelUnavailable, UnknownChoice
+from core.priority import DEFAULT_PRIORITY, PriorityClass
+from core.priority import queue_name as priority_queue_name
 from core.prompt_guide import SHAPES_PROMPT_GUIDE, PromptGuide
 from core.registry import ModelEntry, read_registry, registry_label, resolve_path, resolve_source
 
@@ -265,6 +267,9 @@ def worker_model(settings: Settings) -> ModelSpec:
     )
 
 
-def queue_name(settings: Settings, model_id: str) -> str:
-    """One RQ queue per model, so workers serve only what they have loaded."""
-    return f"{settings.queue_prefix}:{model_id}"
+def queue_name(settings: Settings, model_id: str, priority: PriorityClass = DEFAULT_PRIORITY) -> str:
+    """One RQ queue per model and priority class, so workers serve only what they have loaded.
+
+    Without a class: the ``standard`` queue, the model's historical queue name (core/priority.py).
+    """
+    return priority_queue_name(settings, model_id, priority)

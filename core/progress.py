@@ -6,8 +6,8 @@ job). A stream rather than pub/sub: a reader that connects late still finds the 
 (``GET /v1/images/{id}`` reads one entry), and an event stream can ``XREAD BLOCK`` on it and on
 RQ's per-job results stream in one call, waking on either progress or the job's end.
 
-Queue position is read on demand (``LPOS`` on the model's RQ queue list): nothing has to be
-published when other jobs move.
+Queue position is read on demand (``LPOS`` on the job's RQ queue list, plus the lengths of
+the model's higher-priority queues): nothing has to be published when other jobs move.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from rq import Queue
 
 from core.config import Settings
 from core.models import queue_name
+from core.priority import DEFAULT_PRIORITY, PriorityClass, at_or_above
 from core.schemas import ProgressView
 
 #: Entries kept per job: a reader needs the latest, an event stream a few behind it.
@@ -58,12 +59,24 @@ def latest_progress(connection: redis.Redis, settings: Settings, job_id: str) ->
     return None
 
 
-def queue_position(connection: redis.Redis, settings: Settings, model_id: str, job_id: str) -> int | None:
-    """Jobs ahead of ``job_id`` in its model's queue (0: next); None when it is not queued.
+def queue_position(
+    connection: redis.Redis,
+    settings: Settings,
+    model_id: str,
+    job_id: str,
+    priority: PriorityClass = DEFAULT_PRIORITY,
+) -> int | None:
+    """Jobs of the model that workers take before ``job_id`` (0: next); None when it is not queued.
 
-    Approximate by design: a worker may still claim a later job with the same batch key as
-    a batch partner, ahead of its turn.
+    Those ahead of it in its own class's queue plus every job queued in a higher class. Approximate
+    by design: a worker may claim a later job with the same batch key as a batch partner ahead of
+    its turn, a lower class's guaranteed share (SFUMATO_PRIORITY_SHARE) may take a turn first,
+    and higher-class jobs submitted later will still overtake it.
     """
-    queue_key = Queue(queue_name(settings, model_id), connection=connection).key
-    position: Any = connection.lpos(queue_key, job_id, maxlen=POSITION_SCAN)
-    return None if position is None else int(position)
+    keys = [Queue(queue_name(settings, model_id, p), connection=connection).key for p in at_or_above(priority)]
+    with connection.pipeline(transaction=False) as pipe:
+        pipe.lpos(keys[-1], job_id, maxlen=POSITION_SCAN)
+        for key in keys[:-1]:
+            pipe.llen(key)
+        position, *higher = pipe.execute()
+    return None if position is None else int(position) + sum(int(n) for n in higher)

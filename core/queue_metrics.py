@@ -2,8 +2,10 @@
 
 Queue depth and the age of the oldest queued job are facts about Redis, not about one process,
 so they are not counters kept in memory: a custom collector asks Redis when ``/metrics`` is
-scraped (a handful of O(1) commands per model, one round trip for the counts), and every API
-replica reports the same numbers. Dashboards and alerts take ``max by (model)`` over replicas.
+scraped (a handful of O(1) commands per model queue, one round trip for the counts), and every
+API replica reports the same numbers. Each model has one queue per priority class
+(core/priority.py), so the queue series carry ``queue`` and ``priority`` labels (three classes:
+bounded). Dashboards and alerts take ``max`` over replicas, then ``sum by (model)`` over classes.
 
 A Redis outage does not fail the scrape: ``sfumato_redis_up`` drops to 0 and the queue series
 are left out for that scrape.
@@ -24,8 +26,9 @@ from rq.registry import StartedJobRegistry
 from rq.utils import utcparse
 
 from core.config import Settings
-from core.models import queue_name, served_models
+from core.models import served_models
 from core.presence import live_workers
+from core.priority import PRIORITIES, PriorityClass, queue_name
 
 log = logging.getLogger("sfumato.metrics")
 
@@ -42,14 +45,18 @@ class QueueCollector:
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        depth = GaugeMetricFamily("sfumato_queue_depth", "Jobs waiting in the queue.", labels=["model", "queue"])
+        depth = GaugeMetricFamily(
+            "sfumato_queue_depth", "Jobs waiting in the queue.", labels=["model", "queue", "priority"]
+        )
         age = GaugeMetricFamily(
             "sfumato_queue_oldest_job_age_seconds",
             "Seconds the oldest queued job has waited (0 when the queue is empty).",
-            labels=["model", "queue"],
+            labels=["model", "queue", "priority"],
         )
         running = GaugeMetricFamily(
-            "sfumato_jobs_running", "Jobs a worker has started and not yet completed.", labels=["model", "queue"]
+            "sfumato_jobs_running",
+            "Jobs a worker has started and not yet completed.",
+            labels=["model", "queue", "priority"],
         )
         workers = GaugeMetricFamily(
             "sfumato_workers_live",
@@ -59,11 +66,13 @@ class QueueCollector:
         up = 1.0
         try:
             for model_id in served_models(self.settings):
-                name = queue_name(self.settings, model_id)
-                n_queued, n_running, oldest = self._read(name)
-                depth.add_metric([model_id, name], n_queued)
-                running.add_metric([model_id, name], n_running)
-                age.add_metric([model_id, name], max(0.0, time.time() - oldest) if oldest else 0.0)
+                for priority in PRIORITIES:
+                    name = queue_name(self.settings, model_id, priority)
+                    n_queued, n_running, oldest = self._read(name)
+                    labels = [model_id, name, priority]
+                    depth.add_metric(labels, n_queued)
+                    running.add_metric(labels, n_running)
+                    age.add_metric(labels, max(0.0, time.time() - oldest) if oldest else 0.0)
                 workers.add_metric([model_id], live_workers(self.connection, self.settings, model_id))
         except redis.exceptions.RedisError as exc:
             log.warning("queue metrics unavailable: %s", type(exc).__name__)
@@ -94,3 +103,12 @@ class QueueCollector:
                     oldest = utcparse(stamp.decode()).timestamp()
                     break
         return int(n_queued), int(n_running), oldest
+
+
+def queue_depths(connection: redis.Redis, settings: Settings, model_id: str) -> dict[PriorityClass, int]:
+    """Queued jobs of one model per priority class, highest class first (one round trip)."""
+    with connection.pipeline(transaction=False) as pipe:
+        for priority in PRIORITIES:
+            pipe.llen(Queue.redis_queue_namespace_prefix + queue_name(settings, model_id, priority))
+        lengths = pipe.execute()
+    return {priority: int(n) for priority, n in zip(PRIORITIES, lengths, strict=True)}

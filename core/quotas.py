@@ -12,7 +12,9 @@ Three limits per key, plus one global cap per model queue:
   so a slot comes back however the job ended, without any hook in the worker. An id whose hash
   does not exist yet is counted for a short grace period: it was admitted a moment ago and its
   enqueue is still on the way.
-- ``queue_depth``: queued jobs of the model; at the cap new jobs get ``queue_full``. The check
+- ``queue_depth``: queued jobs of the model in the job's priority class (each class has its own
+  queue, so a bulk run that fills the batch queue never refuses an interactive request); at the
+  cap new jobs of that class get ``queue_full``. The check
   reads the queue length in the same script, so concurrent admissions can overshoot the cap by
   at most the number of requests in flight.
 
@@ -183,7 +185,7 @@ class Quotas:
         keys = [
             self._live_key(principal.key_id),
             f"{self._prefix}:images:{principal.key_id}",
-            self.jobs.queue(payload.model).key,
+            self.jobs.queue(payload.model, payload.priority).key,
             self.tenant_index_key(principal.tenant),
         ]
         args: list[str | int | float] = [
@@ -202,7 +204,8 @@ class Quotas:
         limit = limit.decode() if isinstance(limit, bytes) else str(limit)
         if limit == "queue_depth":
             raise QueueFull(
-                f"the queue of model {payload.model!r} is full ({self.settings.max_queue_depth} jobs); "
+                f"the {payload.priority} queue of model {payload.model!r} is full "
+                f"({self.settings.max_queue_depth} jobs); "
                 f"retry in {QUEUE_FULL_RETRY_S} s",
                 param="queue_depth",
                 retry_after_s=QUEUE_FULL_RETRY_S,

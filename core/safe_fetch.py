@@ -20,6 +20,7 @@ Tests that need a receiver on 127.0.0.1 pass ``FetchPolicy(allow_loopback=True)`
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import ssl
 import time
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 import httpx
 
 from core.errors import UnsafeUrl
+
+log = logging.getLogger("sfumato.fetch")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 #: ``resolver(host, port) -> addresses``; the default asks the system (getaddrinfo).
@@ -166,9 +169,32 @@ def fetch(
             except httpx.ConnectError as exc:
                 last_error = exc  # try the next checked address
             except httpx.HTTPError as exc:
-                raise UnsafeUrl(f"fetching {parsed.host} failed: {type(exc).__name__}", param="url") from exc
-    reason = str(last_error).strip()[:200] or type(last_error).__name__
+                raise UnsafeUrl(f"fetching {parsed.host} failed: {failure_reason(exc)}", param="url") from exc
+    reason = failure_reason(last_error) if last_error is not None else "no address to try"
     raise UnsafeUrl(f"could not connect to {parsed.host}: {reason}", param="url") from last_error
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A human phrase for a failed HTTP exchange, shown to clients (a webhook's ``last_error``).
+
+    Never the exception's class or text: those name library internals and source locations
+    (``[SSL: CERTIFICATE_VERIFY_FAILED] ... (_ssl.c:1006)``); they are logged instead.
+    """
+    log.info("fetch failed: %s: %s", type(exc).__name__, exc)
+    text = str(exc).lower()
+    if isinstance(exc, httpx.TimeoutException):
+        return "it did not answer in time"
+    if "certificate" in text:
+        return "its TLS certificate could not be verified"
+    if "ssl" in text or "tls" in text:
+        return "the TLS handshake failed"
+    if "refused" in text:
+        return "the connection was refused"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the server closed the connection or did not answer with valid HTTP"
+    if isinstance(exc, httpx.ConnectError):
+        return "the connection failed"
+    return "the request failed"
 
 
 def _send(

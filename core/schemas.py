@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.priority import DEFAULT_PRIORITY, PriorityClass
+from core.text import Name, Text
+
 MAX_SEED = 2**32 - 1
 
 OutputFormat = Literal["png", "jpeg", "webp"]
@@ -32,7 +35,7 @@ class LoraWeight(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(..., min_length=1, max_length=100, description="LoRA name from GET /v1/models.")
+    name: Name = Field(..., min_length=1, max_length=100, description="LoRA name from GET /v1/models.")
     scale: float = Field(1.0, allow_inf_nan=False, description="Strength: 0 = off, 1 = as trained.")
 
 
@@ -52,7 +55,7 @@ class ControlNetUnit(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(..., min_length=1, max_length=100, description="ControlNet name from GET /v1/models.")
+    name: Name = Field(..., min_length=1, max_length=100, description="ControlNet name from GET /v1/models.")
     image: str = Field(..., min_length=1, description="Base64 control image (PNG/JPEG/WebP), checked like uploads.")
     scale: float = Field(1.0, allow_inf_nan=False, description="Conditioning strength: 0 = off, 1 = as trained.")
     start: float = Field(0.0, allow_inf_nan=False, description="Fraction of the steps at which it starts acting.")
@@ -98,14 +101,14 @@ class ImageRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-    prompt: str = Field(..., min_length=1, description="What to draw.")
-    negative_prompt: str = Field("", description="What to steer away from (classifier-free guidance).")
-    model: str | None = Field(None, description="Model id from GET /v1/models (default: the first).")
+    prompt: Text = Field(..., min_length=1, description="What to draw.")
+    negative_prompt: Text = Field("", description="What to steer away from (classifier-free guidance).")
+    model: Name | None = Field(None, description="Model id from GET /v1/models (default: the first).")
     width: int | None = Field(None, description="Multiple of 8, within the model's limits.")
     height: int | None = Field(None, description="Multiple of 8, within the model's limits.")
     steps: int | None = Field(None, ge=1, description="Denoising steps.")
     guidance_scale: float | None = Field(None, description="Classifier-free guidance scale.")
-    scheduler: str | None = Field(None, description="Sampler, e.g. 'euler_a' or 'DPM++ 2M Karras'.")
+    scheduler: Name | None = Field(None, description="Sampler, e.g. 'euler_a' or 'DPM++ 2M Karras'.")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Image i uses seed + i; random if absent.")
     n: int = Field(1, ge=1, description="Number of images.")
     clip_skip: int = Field(0, ge=0, description="Final CLIP layers to skip (0 = none; A1111 'Clip skip 2' = 1).")
@@ -135,11 +138,16 @@ class ImageRequest(BaseModel):
     refiner: RefinerSettings | None = Field(
         None, description="SDXL only: hand the last steps to the model's refiner, e.g. {'switch_at': 0.8}."
     )
-    webhook_url: str | None = Field(
+    webhook_url: Name | None = Field(
         None, max_length=2048, description="Public http(s) URL POSTed a signed event when the job ends."
     )
     webhook_events: list[WebhookEvent] | None = Field(
         None, min_length=1, max_length=3, description="Which endings to deliver (default: all three)."
+    )
+    priority: PriorityClass | None = Field(
+        None,
+        description="interactive, standard or batch: which jobs workers take first. At most the API key's "
+        "priority (a higher one is a 422); default: the key's priority.",
     )
 
 
@@ -177,6 +185,9 @@ class JobPayload(BaseModel):
     controlnet: tuple[ControlNetJob, ...] = ()
     #: Normalised by core.validation: switch_at rounded (None: no refiner).
     refiner: RefinerSettings | None = None
+    #: The class whose queue the job is on (core/priority.py). Left out of the queue JSON when
+    #: ``standard`` (core.jobs.wire_payload), so workers from before priorities take the job.
+    priority: PriorityClass = DEFAULT_PRIORITY
 
     @property
     def seeds(self) -> list[int]:
@@ -276,8 +287,11 @@ class JobView(BaseModel):
     timings: Timings | None = None
     batch: BatchInfo | None = None
     error: ErrorBody | None = None
+    priority: PriorityClass = Field(DEFAULT_PRIORITY, description="The job's priority class.")
     queue_position: int | None = Field(
-        None, description="While queued: jobs ahead of this one in its model's queue (0 = next)."
+        None,
+        description="While queued: jobs of its model that workers take before it (0 = next): those ahead of it "
+        "in its own class's queue plus every job queued in a higher class (approximate, see the scaling docs).",
     )
     waiting_for: Literal["no_worker"] | None = Field(
         None,
@@ -320,11 +334,15 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tenant: str = Field(..., min_length=1, max_length=64, description="Whose jobs and images the key reaches.")
-    name: str = Field(..., min_length=1, max_length=100, description="What the key is for (shown in listings).")
+    name: Name = Field(..., min_length=1, max_length=100, description="What the key is for (shown in listings).")
     scopes: list[Literal["images:read", "images:write", "admin"]] = Field(
         default=["images:read", "images:write"], min_length=1, max_length=3, description="What the key may do."
     )
     limits: KeyLimitsModel = KeyLimitsModel()
+    priority: PriorityClass = Field(
+        DEFAULT_PRIORITY,
+        description="The key's jobs' priority class: its default, and the highest a request may ask for.",
+    )
 
 
 class KeyView(BaseModel):
@@ -338,6 +356,7 @@ class KeyView(BaseModel):
     revoked: bool
     revoked_at: float | None = None
     limits: dict[str, float | int] = Field(default_factory=dict)
+    priority: PriorityClass = DEFAULT_PRIORITY
 
 
 class KeyCreated(KeyView):

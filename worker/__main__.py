@@ -17,14 +17,12 @@ import signal
 import socket
 import time
 
-from rq import Queue
 from rq.exceptions import StopRequested
-from rq.serializers import JSONSerializer
 
 from core.config import Settings, get_settings
 from core.jobs import connect
 from core.logs import configure_logging
-from core.models import queue_name
+from core.priority import queue_names
 from core.storage import ObjectStore, build_store
 from worker.pipelines.engine import Engine
 from worker.runtime import metrics as worker_metrics
@@ -37,12 +35,13 @@ MAX_BACKOFF_S = 30.0
 
 
 def build_worker(settings: Settings, engine: Engine, store: ObjectStore, attempt: int = 0) -> SfumatoWorker:
-    """An RQ worker around the resident ``engine`` with short TTLs (see worker/runtime/liveness.py)."""
+    """An RQ worker around the resident ``engine`` with short TTLs (see worker/runtime/liveness.py),
+    reading its model's queue of every priority class (worker/runtime/priority.py)."""
     connection = connect(settings, blocking=True)
-    queue = Queue(queue_name(settings, engine.spec.id), connection=connection, serializer=JSONSerializer)
+    queues = list(queue_names(settings, engine.spec.id).values())  # one per priority class, highest first
     name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
     return SfumatoWorker(
-        [queue],
+        queues,
         engine=engine,
         store=store,
         settings=settings,

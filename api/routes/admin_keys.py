@@ -25,7 +25,9 @@ KeyId = Annotated[str, Path(min_length=1, max_length=64, description="The key's 
 async def create_key(body: KeyCreate, services: Services, _admin: Admin) -> KeyCreated:
     """A new key for ``tenant``. The response holds the key; it is stored only as a hash."""
     limits = KeyLimits(**body.limits.model_dump())
-    key, token = await run_in_threadpool(services.keys.create, body.tenant, body.name, list(body.scopes), limits)
+    key, token = await run_in_threadpool(
+        services.keys.create, body.tenant, body.name, list(body.scopes), limits, body.priority
+    )
     return KeyCreated(**key.public(), key=token)
 
 

@@ -2,8 +2,10 @@
 
 One entry per registry model (SFUMATO_MODELS_FILE; else the one SFUMATO_MODEL): its public spec
 (no local paths), its own LoRAs, embedding tokens, ControlNet names, whether it has a refiner,
-and how many live workers serve it (0: requests get 503 no_worker, or wait with
-``waiting_for: no_worker`` when the operator scales from zero). A model that knows only a few
+how many live workers serve it (0: requests get 503 no_worker, or wait with
+``waiting_for: no_worker`` when the operator scales from zero), and ``queued``: its jobs waiting
+per priority class (``interactive``, ``standard``, ``batch``; workers take them in that order,
+see docs/operations/priorities.md). A model that knows only a few
 words (the built-in ``shapes`` model) also carries ``prompt_guide``: its colours, shapes, sizes,
 positions, phrasings and example prompts (core/prompt_guide.py); other models have no such key.
 """
@@ -21,6 +23,7 @@ from core.jobs import redis_errors
 from core.loras import available_loras
 from core.models import served_models
 from core.presence import live_workers
+from core.queue_metrics import queue_depths
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -35,6 +38,7 @@ def list_models(services: Services, _reader: Reader) -> dict[str, Any]:
             entry = spec.public()
             entry["loras"] = available_loras(settings, spec)  # each model its own folder
             entry["workers"] = live_workers(services.jobs.connection, settings, spec.id)
+            entry["queued"] = queue_depths(services.jobs.connection, settings, spec.id)
             data.append(entry)
     limits = {
         "min_size": settings.min_size,

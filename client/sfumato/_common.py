@@ -19,8 +19,13 @@ from sfumato.types import JobEvent
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV = "SFUMATO_URL"
 KEY_ENV = "SFUMATO_API_KEY"
-#: Statuses worth retrying: the server said "later" (and when, in Retry-After).
-RETRY_STATUSES = frozenset({429, 503})
+#: The server said "later" (and when, in Retry-After): the only answers whose Retry-After is honoured.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+#: Statuses worth retrying: "later" above, plus a failed or lost answer (a crash's 500, a gateway's
+#: 502 or 504). Repeating is safe: every submit carries an Idempotency-Key, so a retried submit
+#: returns the job the first attempt may have created; the other calls are reads, a cancel (which
+#: may then answer 409 if the first attempt already canceled) or the webhook secret.
+RETRY_STATUSES = RETRY_AFTER_STATUSES | {500, 502, 504}
 MAX_BACKOFF_S = 30.0
 #: Longest a Retry-After is honoured for before giving up and raising instead.
 MAX_RETRY_AFTER_S = 120.0
@@ -77,6 +82,16 @@ def backoff_s(attempt: int, headers: Mapping[str, str] | None = None) -> float:
             return min(after, MAX_RETRY_AFTER_S)
     base = min(0.5 * 2**attempt, MAX_BACKOFF_S)
     return base * (0.75 + random.random() / 2)
+
+
+def retry_delay_s(status_code: int, attempt: int, headers: Mapping[str, str]) -> float | None:
+    """Delay before retrying an answer with ``status_code``, or None when it is not retried.
+
+    Only 429 and 503 honour ``Retry-After``; a 5xx that says nothing of when (or a proxy's page
+    that says it by accident) backs off exponentially like a connection failure."""
+    if status_code not in RETRY_STATUSES:
+        return None
+    return backoff_s(attempt, headers if status_code in RETRY_AFTER_STATUSES else None)
 
 
 def api_error(status_code: int, headers: Mapping[str, str], body: bytes) -> APIError:

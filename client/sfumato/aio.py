@@ -14,7 +14,15 @@ from typing import Any
 
 import httpx
 
-from sfumato._common import ClientConfig, SSEParser, api_error, backoff_s, new_idempotency_key, submit_body
+from sfumato._common import (
+    ClientConfig,
+    SSEParser,
+    api_error,
+    backoff_s,
+    new_idempotency_key,
+    retry_delay_s,
+    submit_body,
+)
 from sfumato.client import _apply
 from sfumato.errors import APIConnectionError, JobFailedError, WaitTimeoutError
 from sfumato.types import GeneratedImage, GenerationResult, Job, JobEvent, Model, Progress
@@ -58,8 +66,9 @@ class AsyncClient:
                     raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
                 await asyncio.sleep(backoff_s(attempt))
                 continue
-            if response.status_code in (429, 503) and not last:
-                await asyncio.sleep(backoff_s(attempt, response.headers))
+            delay = None if last else retry_delay_s(response.status_code, attempt, response.headers)
+            if delay is not None:
+                await asyncio.sleep(delay)
                 continue
             if response.status_code >= 400:
                 raise api_error(response.status_code, response.headers, response.content)

@@ -1,7 +1,8 @@
 """The synchronous client: ``Client(base_url, api_key).generate("a lighthouse at dusk")``.
 
 Every call retries 429 and 503 answers (waiting what ``Retry-After`` says, else backing off
-exponentially) and connection failures up to ``max_retries`` times. Submits always carry an
+exponentially), 500, 502 and 504 answers (backing off; their Retry-After is not honoured) and
+connection failures up to ``max_retries`` times. Submits always carry an
 ``Idempotency-Key``, so a retry after a lost answer returns the job the first attempt created.
 Image downloads never carry the API key (S3 URLs are presigned; local ones are signed).
 """
@@ -15,7 +16,15 @@ from typing import Any
 
 import httpx
 
-from sfumato._common import ClientConfig, SSEParser, api_error, backoff_s, new_idempotency_key, submit_body
+from sfumato._common import (
+    ClientConfig,
+    SSEParser,
+    api_error,
+    backoff_s,
+    new_idempotency_key,
+    retry_delay_s,
+    submit_body,
+)
 from sfumato.errors import APIConnectionError, JobFailedError, WaitTimeoutError
 from sfumato.types import GeneratedImage, GenerationResult, Job, JobEvent, Model, Progress
 
@@ -60,8 +69,9 @@ class Client:
                     raise APIConnectionError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
                 self._sleep(backoff_s(attempt))
                 continue
-            if response.status_code in (429, 503) and not last:
-                self._sleep(backoff_s(attempt, response.headers))
+            delay = None if last else retry_delay_s(response.status_code, attempt, response.headers)
+            if delay is not None:
+                self._sleep(delay)
                 continue
             if response.status_code >= 400:
                 raise api_error(response.status_code, response.headers, response.content)

@@ -73,6 +73,9 @@ class Job(_Model):
     timings: dict[str, Any] | None = None
     batch: dict[str, Any] | None = None
     error: JobError | None = None
+    #: interactive, standard or batch: which jobs workers take first (None: a server before priorities).
+    priority: str | None = None
+    #: While queued: jobs workers take before it (those ahead in its class, and all of higher classes).
     queue_position: int | None = None
     #: While queued: why it cannot start yet ("no_worker": no live worker serves its model).
     waiting_for: str | None = None
@@ -96,6 +99,8 @@ class Model(_Model):
     min_size: int | None = None
     max_size: int | None = None
     workers: int = 0
+    #: Jobs waiting per priority class, e.g. {"interactive": 0, "standard": 2, "batch": 40}.
+    queued: dict[str, int] = {}
     loras: list[str] = []
     embeddings: list[str] = []
     #: ``[{"name", "preprocess"}]``: the ControlNets a request may name for this model.

@@ -34,8 +34,21 @@ class BatchingSettings(SettingsGroup):
     batch_scan_depth: int = Field(
         default=64, ge=1, le=10_000, description="How far down the queue a worker looks for batch partners."
     )
+    priority_share: int = Field(
+        default=10,
+        ge=0,
+        le=1000,
+        description="While a lower priority class has jobs waiting, it gets at least one batch leader in every "
+        "this many, however busy the higher classes are (0 or 1: strict priority, a lower class may starve).",
+    )
     prompt_cache_size: int = Field(
         default=512, ge=0, description="Text-encoder outputs a worker keeps (LRU entries); 0 = no cache."
+    )
+    batch_isolation: bool = Field(
+        default=True,
+        description="When a batch fails for a reason that may be one job's input (not memory, Redis, storage or "
+        "the model), re-run its jobs in halves so only a job that fails alone fails; the others get the images "
+        "they would have had alone. Counted in `sfumato_batch_isolations_total`. Off: the whole batch fails.",
     )
     upload_stage_depth: int = Field(
         default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."

@@ -36,10 +36,19 @@ class RuntimeSettings(SettingsGroup):
         default=3.0, gt=0, le=60, description="How often a busy worker proves its jobs are alive."
     )
     execution_ttl_s: int = Field(
-        default=15, ge=2, le=600, description="A running job whose worker missed heartbeats this long is re-queued."
+        default=15,
+        ge=2,
+        le=600,
+        description=(
+            "A running job whose worker missed heartbeats this long is re-queued (not within this"
+            " plus one heartbeat interval after a Redis outage: an outage is not a worker death)."
+        ),
     )
     reaper_interval_s: float = Field(
-        default=5.0, gt=0, le=300, description="How often workers look for jobs of dead workers."
+        default=5.0,
+        gt=0,
+        le=300,
+        description="How often workers (of every model) and API replicas look for jobs of dead workers.",
     )
     worker_ttl_s: int = Field(
         default=30, ge=16, le=3600, description="Worker registration TTL (also bounds the blocking dequeue)."

@@ -38,9 +38,22 @@ class SecuritySettings(SettingsGroup):
     max_body_bytes: int | None = Field(
         default=None,
         ge=1024,
-        description="Largest request body (413 above). Unset: room for an image, a mask and "
-        "`SFUMATO_MAX_CONTROLNETS` control images of `SFUMATO_MAX_UPLOAD_BYTES` each, base64-encoded, "
-        "plus 64 KiB (about 44.8 MB with the defaults).",
+        description="Largest request body; above it a 413 `payload_too_large`, answered from `Content-Length` "
+        "before the body is read (a chunked body: as soon as it passes the limit). Unset: what the largest valid "
+        "request carries, `(2 + SFUMATO_MAX_CONTROLNETS) x (SFUMATO_MAX_UPLOAD_BYTES x 4 / 3 + 4) + 65536` "
+        "(an init image, a mask and the control images, base64-encoded, plus 64 KiB of JSON): "
+        "44,804,792 bytes (42.7 MiB) with the defaults. Lower `SFUMATO_MAX_UPLOAD_BYTES` or "
+        "`SFUMATO_MAX_CONTROLNETS` to lower it (4 MiB uploads, no ControlNet: 11,250,354 bytes).",
+        json_schema_extra=shown_default("computed"),
+    )
+    max_body_bytes_in_flight: int | None = Field(
+        default=None,
+        ge=0,
+        description="Request body bytes one API process reads and holds at once (bodies over 256 KiB reserve "
+        "their `Content-Length`, a chunked one the whole limit); a body that finds no room waits up to 30 s "
+        "before it is read, then gets 503 `server_busy` with `Retry-After`. Bounds the API's memory under many "
+        "large bodies (parsing makes copies: see docs/operations/security.md). Unset: 4 x the body limit "
+        "(179,219,168 bytes with the defaults); 0 = no budget.",
         json_schema_extra=shown_default("computed"),
     )
     cors_allow_origins: str = Field(

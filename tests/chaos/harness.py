@@ -82,9 +82,7 @@ def cluster(workdir: Path, workers: int = 2, aof: bool = True, **env: str) -> It
         **FAST_LIVENESS,
         SFUMATO_AUTH_ENABLED="false",
         SFUMATO_TORCH_THREADS="1",
-        SFUMATO_MAX_BATCH="4",
-        SFUMATO_LOG_LEVEL="WARNING",
-        **env,
+        **{"SFUMATO_MAX_BATCH": "4", "SFUMATO_LOG_LEVEL": "WARNING", **env},  # a scenario may override these
     )
     c = Cluster(workdir, redis, s3, base_env)
     try:
@@ -329,3 +327,63 @@ def new_workdir(root: Path, name: str) -> Path:
     path = root / f"{name}-{secrets.token_hex(3)}"
     path.mkdir(parents=True)
     return path
+
+
+def _enqueue_poisoned(env: dict[str, str], workdir: Path, seed: int, steps: int, size: int) -> str:
+    """A job whose text the tokenizer cannot encode (a lone surrogate in ``negative_prompt``),
+    queued as an API from before the text check would have: the API itself now answers 422."""
+    from core.config import Settings
+    from core.jobs import JobStore, connect, new_job_id
+    from core.schemas import ImageRequest
+    from core.validation import normalize_request
+
+    settings = Settings(
+        redis_url=env["SFUMATO_REDIS_URL"], queue_prefix=env["SFUMATO_QUEUE_PREFIX"], data_dir=workdir / "data"
+    )
+    request = ImageRequest.model_validate(
+        {"prompt": f"poisoned {seed}", "seed": seed, "steps": steps, "width": size, "height": size}
+    )
+    payload = normalize_request(request, settings, tenant="default", job_id=new_job_id(), now=time.time())
+    connection = connect(settings)
+    try:
+        JobStore(connection, settings).enqueue(payload.model_copy(update={"negative_prompt": "\ud800"}))
+    finally:
+        connection.close()
+    return payload.job_id
+
+
+def scenario_poisoned_input(workdir: Path, jobs: int, poisoned: int, isolation: bool = True) -> dict[str, Any]:
+    """Jobs whose input makes the pipeline raise, queued among ordinary ones so they share
+    batches; ``failed_by_another_input`` counts ordinary jobs that did not succeed. The control
+    turns batch isolation off (SFUMATO_BATCH_ISOLATION=false)."""
+    steps, size = 12, 64  # the Recorder's bodies: one batch key for all
+    with cluster(workdir, workers=2, SFUMATO_BATCH_ISOLATION="true" if isolation else "false") as c:
+        recorder = Recorder(c.base_url)
+        submitter = threading.Thread(target=recorder.submit, args=(jobs,), kwargs={"clients": 4, "pause_s": 0.02})
+        submitter.start()
+        bad_ids = []
+        for i in range(poisoned):  # spread over the submission, so each lands in a busy queue
+            target = (i + 1) * jobs // (poisoned + 1)
+            wait_until(lambda t=target: len(recorder.acknowledged) >= t or not submitter.is_alive(), 120, "submits")
+            bad_ids.append(_enqueue_poisoned(c.env, workdir, 10_000 + i, steps, size))
+        submitter.join()
+        states = recorder.settle(600)
+        result = recorder.judge(states, c.s3)
+        with httpx.Client(base_url=c.base_url, timeout=10) as http:
+            wait_until(
+                lambda: all(http.get(f"/v1/images/{j}").json()["status"] in FINAL for j in bad_ids), 120, "poisoned"
+            )
+            bad_states = [http.get(f"/v1/images/{j}").json() for j in bad_ids]
+    # A batch whose succeeded members are fewer than its jobs held a job that failed: a poisoned one.
+    members = Counter(s["batch"]["id"] for s in states.values() if s.get("status") == "succeeded")
+    shared = sum(
+        1 for s in states.values() if s.get("status") == "succeeded" and s["batch"]["jobs"] > members[s["batch"]["id"]]
+    )
+    return {
+        **result,
+        "isolation": isolation,
+        "poisoned": len(bad_ids),
+        "poisoned_failed": sum(1 for s in bad_states if s["status"] == "failed"),
+        "failed_by_another_input": result["not_succeeded"],
+        "succeeded_in_a_poisoned_batch": shared,
+    }

@@ -2,6 +2,8 @@
 
     python -m tests.chaos.run --full      # 300+ jobs per scenario; ~15 min here
     python -m tests.chaos.run             # the CI scale, printed only
+    python -m tests.chaos.run --full --only poisoned_input poisoned_input_control_no_isolation
+                                          # some scenarios, merged into the committed figures
 
 Writes ``bench/results/chaos.json`` with ``--full``.
 """
@@ -22,6 +24,9 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.jso
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="full scale, and write bench/results/chaos.json")
+    parser.add_argument(
+        "--only", nargs="+", metavar="SCENARIO", help="run these scenarios; --full merges them into chaos.json"
+    )
     args = parser.parse_args()
     jobs, kills, outage = (300, 6, 30.0) if args.full else (30, 2, 4.0)
     results: dict[str, dict] = {}
@@ -46,13 +51,26 @@ def main() -> None:
             "sigkill_control_no_retries": lambda: harness.scenario_sigterm(
                 harness.new_workdir(root, "tc"), 40, kill_instead=True
             ),
+            "poisoned_input": lambda: harness.scenario_poisoned_input(harness.new_workdir(root, "p"), jobs, jobs // 20),
+            "poisoned_input_control_no_isolation": lambda: harness.scenario_poisoned_input(
+                harness.new_workdir(root, "pc"), jobs // 3, jobs // 60, isolation=False
+            ),
         }
+        unknown = set(args.only or ()) - runs.keys()
+        if unknown:
+            parser.error(f"unknown scenario(s) {sorted(unknown)}; known: {sorted(runs)}")
         for name, run in runs.items():
+            if args.only and name not in args.only:
+                continue
             started = time.monotonic()
             results[name] = {**run(), "wall_s": round(time.monotonic() - started, 1)}
             print(name, json.dumps(results[name]), flush=True)
     if args.full:
-        out = {"measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "scenarios": results}
+        measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        if args.only:  # the other scenarios keep their figures (each scenario records when it ran)
+            kept = json.loads(RESULTS.read_text())["scenarios"] if RESULTS.exists() else {}
+            results = {**kept, **{name: {**r, "measured_at": measured_at} for name, r in results.items()}}
+        out = {"measured_at": measured_at, "scenarios": results}
         RESULTS.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {RESULTS}")
 

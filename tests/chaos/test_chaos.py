@@ -55,3 +55,18 @@ def test_sigterm_during_a_batch_abandons_nothing_and_sigkill_without_retries_doe
     assert protected["worker_exit_code"] == 0 and protected["succeeded"] == protected["acknowledged"], protected
     control = harness.scenario_sigterm(harness.new_workdir(tmp_path, "term-ctl"), jobs=12, kill_instead=True)
     assert control["not_succeeded_by_code"].get("worker_lost", 0) > 0, control
+
+
+def test_a_poisoned_input_fails_only_its_own_job_and_the_control_without_isolation_fails_others(
+    tmp_path: Path,
+) -> None:
+    protected = harness.scenario_poisoned_input(harness.new_workdir(tmp_path, "poison"), jobs=16, poisoned=3)
+    assert_nothing_lost(protected)
+    assert protected["failed_by_another_input"] == 0, protected
+    assert protected["poisoned_failed"] == protected["poisoned"], protected
+    assert protected["succeeded_in_a_poisoned_batch"] > 0, protected  # they did share batches
+    control = harness.scenario_poisoned_input(
+        harness.new_workdir(tmp_path, "poison-ctl"), jobs=16, poisoned=3, isolation=False
+    )
+    assert_nothing_lost(control)
+    assert control["failed_by_another_input"] > 0, control

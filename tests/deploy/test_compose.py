@@ -19,7 +19,9 @@ from tests.support.deploy import COMPOSE_FILE, ENV_EXAMPLE, compose_binary_or_sk
 from tests.support.processes import REPO_ROOT
 from tests.support.prometheus import DASHBOARD, RULES, promtool
 
-WORKERS = ("sfumato-worker", "sfumato-worker-gpu")
+WORKERS = ("sfumato-worker", "sfumato-worker-gpu-0", "sfumato-worker-gpu-1")
+#: Every profile at once (the GPU workers are in profiles gpu, gpu1, ...).
+ALL_PROFILES = ("--profile", "*")
 SECRETS = ("REDIS_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", "GRAFANA_ADMIN_PASSWORD")
 
 
@@ -27,7 +29,7 @@ def _compose(*args: str, env_file: Path | None = ENV_EXAMPLE, cwd: Path = REPO_R
     command = [compose_binary_or_skip(), "--project-directory", str(cwd), "-f", str(COMPOSE_FILE)]
     if env_file is not None:
         command += ["--env-file", str(env_file)]
-    return run([*command, "--profile", "gpu", *args], cwd=cwd)
+    return run([*command, *ALL_PROFILES, *args], cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def test_secrets_are_required_from_the_env_file(tmp_path: Path) -> None:
         env_file = tmp_path / f"without-{name}.env"
         env_file.write_text(re.sub(rf"^{name}=.*$", "", example, flags=re.MULTILINE))
         command = [compose_binary_or_skip(), "--project-directory", str(REPO_ROOT), "-f", str(COMPOSE_FILE),
-                   "--env-file", str(env_file), "--profile", "gpu", "config", "--quiet"]  # fmt: skip
+                   "--env-file", str(env_file), *ALL_PROFILES, "config", "--quiet"]  # fmt: skip
         result = run(command, env=clean_env)
         assert result.returncode != 0 and name in result.stderr, (name, result.stderr)
 
@@ -114,20 +116,46 @@ def test_service_settings_are_real_settings(config: dict[str, Any]) -> None:
     assert any(p["target"] == int(api["environment"]["SFUMATO_API_PORT"]) for p in api["ports"])
 
 
-def test_workers_drain_and_the_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:
+def _gpu_workers(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services built from the CUDA worker target."""
+    return {name: s for name, s in config["services"].items() if s.get("build", {}).get("target") == "worker"}
+
+
+def test_workers_drain_and_each_gpu_worker_reserves_a_gpu(config: dict[str, Any]) -> None:
     services = config["services"]
-    cpu, gpu = services["sfumato-worker"], services["sfumato-worker-gpu"]
+    cpu, gpus = services["sfumato-worker"], _gpu_workers(config)
     assert "profiles" not in cpu and cpu["build"]["target"] == "worker-cpu"
     assert cpu["environment"]["SFUMATO_MODEL"] == "shapes" and cpu["environment"]["SFUMATO_DEVICE"] == "cpu"
-    assert gpu["profiles"] == ["gpu"] and gpu["build"]["target"] == "worker"
-    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
-    assert devices == [{"capabilities": ["gpu"], "driver": "nvidia", "count": 1}], devices
-    for service in (cpu, gpu):
+    assert set(gpus) >= {"sfumato-worker-gpu-0", "sfumato-worker-gpu-1"}
+    for name, gpu in gpus.items():
+        assert gpu["profiles"] and "gpu" in gpu["profiles"][0], (name, gpu["profiles"])
+        assert gpu["environment"]["SFUMATO_DEVICE"] == "cuda"
+        # One alias for all of them: Prometheus finds every GPU worker under one DNS name.
+        assert "sfumato-worker-gpu" in gpu["networks"]["default"]["aliases"], name
+    for service in (cpu, *gpus.values()):
         settings = _settings(service["environment"])
         grace = _duration_s(service["stop_grace_period"])
         assert grace >= settings.job_timeout_s + settings.storage_retry_budget_s, grace
         assert settings.worker_metrics_host == "0.0.0.0"
         assert f":{settings.worker_metrics_port}/healthz" in " ".join(service["healthcheck"]["test"])
+
+
+def test_no_two_gpu_workers_share_a_gpu(config: dict[str, Any]) -> None:
+    """Each GPU worker service names exactly one GPU by id and runs one replica. ``count: 1`` with
+    replicas (or in two services) hands every container the same first GPU: two models' worth of
+    weights on one card and an idle second card."""
+    owner: dict[str, str] = {}
+    for name, gpu in _gpu_workers(config).items():
+        deploy = gpu.get("deploy") or {}
+        assert deploy.get("replicas", 1) == 1, f"{name}: one GPU per service, scale by adding services"
+        devices = deploy["resources"]["reservations"]["devices"]
+        assert len(devices) == 1 and devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+        assert "count" not in devices[0], f"{name}: `count` picks the same GPU for everyone; use device_ids"
+        ids = devices[0]["device_ids"]
+        assert len(ids) == 1, f"{name}: exactly one GPU, got {ids}"
+        assert ids[0] not in owner, f"{name} and {owner.get(ids[0])} share GPU {ids[0]}"
+        owner[ids[0]] = name
+    assert sorted(owner) == [str(i) for i in range(len(owner))], f"GPUs not numbered from 0: {sorted(owner)}"
 
 
 def test_prometheus_and_grafana_load_the_projects_rules_and_dashboard(config: dict[str, Any]) -> None:
@@ -154,5 +182,6 @@ def test_the_compose_prometheus_config_is_valid(tmp_path: Path) -> None:
     result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     scraped = (tmp_path / "prometheus.yml").read_text()
-    for name in ("sfumato-api", *WORKERS):
-        assert name in scraped, f"Prometheus does not scrape {name}"
+    # The GPU workers are found through the alias they share (every container behind one name).
+    for name in ("sfumato-api", "sfumato-worker", "sfumato-worker-gpu"):
+        assert re.search(rf"\b{name}\b", scraped), f"Prometheus does not scrape {name}"

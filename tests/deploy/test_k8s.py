@@ -5,9 +5,10 @@ passes ``kubernetes-validate --strict``. The two custom resources (KEDA's Scaled
 Prometheus Operator's ServiceMonitor) have no schema in kubernetes-validate, so they are checked
 against the fields that matter here. Then the promises, read from the rendered output and
 compared with the code: non-root pods with requests and limits, probes on the routes the API and
-the worker really serve, a grace period that covers a whole batch and no second SIGTERM, KEDA
-watching the RQ queue the workers really serve (queued + running), Redis reachable only from
-the API, the workers and KEDA, and Redis persisting with AOF everysec.
+the worker really serve, a grace period that covers a whole batch within the cluster
+autoscaler's limit and no second SIGTERM, Redis reachable only from the API, the workers and
+KEDA, and Redis persisting with AOF everysec. The worker pools (one per model), KEDA and the
+API's HPA: tests/deploy/test_k8s_pools.py.
 """
 
 from __future__ import annotations
@@ -20,13 +21,19 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
-import redis
 import yaml
 
-from core.config import Settings
-from core.jobs import JobStore
-from core.models import queue_name
-from tests.support.deploy import OVERLAYS, api_paths, kustomize, run, tool_or_skip
+from tests.support.deploy import (
+    OVERLAYS,
+    api_paths,
+    kustomize,
+    one,
+    overlay_settings,
+    run,
+    secret_keys,
+    tool_or_skip,
+    worker_pools,
+)
 from tests.support.processes import REPO_ROOT
 from worker.runtime.health_server import HealthServer, WorkerProbe
 
@@ -134,7 +141,17 @@ SERVICE_MONITOR = {
 }
 #: Trigger metadata keys KEDA's redis and prometheus scalers accept (the ones used here).
 TRIGGER_KEYS = {
-    "redis": {"addressFromEnv", "passwordFromEnv", "listName", "listLength", "activationListLength"},
+    "redis": {
+        "addressFromEnv",
+        "usernameFromEnv",
+        "passwordFromEnv",
+        "enableTLS",
+        "unsafeSsl",
+        "databaseIndex",
+        "listName",
+        "listLength",
+        "activationListLength",
+    },
     "prometheus": {"serverAddress", "query", "threshold", "activationThreshold"},
 }
 
@@ -144,12 +161,6 @@ def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     return request.param, kustomize(request.param)
 
 
-def _one(resources: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
-    found = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
-    return found[0]
-
-
 def _containers(resources: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], dict[str, Any], dict[str, Any]]]:
     """(workload, pod spec, container) for every container of every workload."""
     for resource in resources:
@@ -157,22 +168,6 @@ def _containers(resources: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any
             pod = resource["spec"]["template"]["spec"]
             for container in pod.get("initContainers", []) + pod["containers"]:
                 yield resource, pod, container
-
-
-def _config(resources: list[dict[str, Any]]) -> dict[str, str]:
-    maps = [r for r in resources if r["kind"] == "ConfigMap" and r["metadata"]["name"].startswith("sfumato-config")]
-    assert len(maps) == 1, "expected one sfumato-config ConfigMap"
-    return dict(maps[0]["data"])
-
-
-def _settings(resources: list[dict[str, Any]]) -> Settings:
-    """The Settings the API and workers of this overlay run with (its ConfigMap; the Secret only
-    holds credentials)."""
-    config = _config(resources)
-    fields = {k.removeprefix("SFUMATO_").lower(): v for k, v in config.items() if k.startswith("SFUMATO_")}
-    unknown = set(fields) - set(Settings.model_fields)
-    assert not unknown, f"ConfigMap keys that are no setting: {sorted(unknown)}"
-    return Settings.model_validate(fields)
 
 
 def _port(container: dict[str, Any], name: str | int) -> int:
@@ -242,26 +237,27 @@ def test_every_pod_runs_non_root_with_requests_and_limits(overlay: tuple[str, li
 
 def test_workers_request_one_gpu_in_production_only(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     name, resources = overlay
-    container = _one(resources, "Deployment", "sfumato-worker")["spec"]["template"]["spec"]["containers"][0]
-    limits, requests = container["resources"]["limits"], container["resources"]["requests"]
-    if name == "production":
-        assert limits["nvidia.com/gpu"] == 1 and requests["nvidia.com/gpu"] == 1
-        assert _settings(resources).device == "cuda"
-    else:
-        assert "nvidia.com/gpu" not in limits and _settings(resources).device == "cpu"
+    for deployment, _ in worker_pools(resources).values():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+        if name == "production":
+            assert limits["nvidia.com/gpu"] == 1 and requests["nvidia.com/gpu"] == 1
+            assert overlay_settings(resources).device == "cuda"
+        else:
+            assert "nvidia.com/gpu" not in limits and overlay_settings(resources).device == "cpu"
 
 
 def test_api_probes_hit_real_routes(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = overlay
-    settings = _settings(resources)
+    settings = overlay_settings(resources)
     routes = api_paths()
-    container = _one(resources, "Deployment", "sfumato-api")["spec"]["template"]["spec"]["containers"][0]
+    container = one(resources, "Deployment", "sfumato-api")["spec"]["template"]["spec"]["containers"][0]
     assert settings.api_host == "0.0.0.0"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] in routes, (probe, get["path"], sorted(routes))
         assert _port(container, get["port"]) == settings.api_port, probe
-    service = _one(resources, "Service", "sfumato-api")
+    service = one(resources, "Service", "sfumato-api")
     assert _port(container, service["spec"]["ports"][0]["targetPort"]) == settings.api_port
 
 
@@ -269,33 +265,44 @@ def test_worker_probes_hit_the_real_worker_endpoint(overlay: tuple[str, list[dic
     """Readiness means "model loaded": the worker's real endpoint answers 503 on the readiness path
     before a model is attached, and 200 on the liveness path all along."""
     _, resources = overlay
-    settings = _settings(resources)
-    container = _one(resources, "Deployment", "sfumato-worker")["spec"]["template"]["spec"]["containers"][0]
+    settings = overlay_settings(resources)
     assert settings.worker_metrics_host == "0.0.0.0"
     server = HealthServer("127.0.0.1", 0, WorkerProbe("tiny")).start()
     try:
-        for probe, loading_status in (("startupProbe", 503), ("readinessProbe", 503), ("livenessProbe", 200)):
-            get = container[probe]["httpGet"]
-            assert _port(container, get["port"]) == settings.worker_metrics_port, probe
-            response = httpx.get(f"http://127.0.0.1:{server.port}{get['path']}", timeout=5)
-            assert response.status_code == loading_status, (probe, get["path"], response.status_code)
+        for deployment, _ in worker_pools(resources).values():
+            container = deployment["spec"]["template"]["spec"]["containers"][0]
+            for probe, loading_status in (("startupProbe", 503), ("readinessProbe", 503), ("livenessProbe", 200)):
+                get = container[probe]["httpGet"]
+                assert _port(container, get["port"]) == settings.worker_metrics_port, probe
+                response = httpx.get(f"http://127.0.0.1:{server.port}{get['path']}", timeout=5)
+                assert response.status_code == loading_status, (probe, get["path"], response.status_code)
+            # A long model load is not a reason to restart the pod: liveness waits for the startup probe.
+            startup = container["startupProbe"]
+            assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
     finally:
         server.stop()
-    # A long model load is not a reason to restart the pod: liveness waits for the startup probe.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
 
 
-def test_worker_grace_period_covers_a_batch_and_nothing_sends_a_second_sigterm(
+#: The longest the cluster autoscaler waits for a pod it evicts on scale-down
+#: (--max-graceful-termination-sec, default 600 s; GKE: 600 s, not configurable).
+AUTOSCALER_GRACE_S = 600
+
+
+def test_worker_grace_period_covers_a_batch_within_the_autoscaler_limit_and_no_second_sigterm(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
+    """A draining worker finishes its batch (the job timeout) and uploads it (the storage retry
+    budget) within its grace period, and that period is one the cluster autoscaler honours when it
+    removes the node: beyond 600 s it kills the pod, batch and all."""
     _, resources = overlay
-    settings = _settings(resources)
-    pod = _one(resources, "Deployment", "sfumato-worker")["spec"]["template"]["spec"]
-    grace = pod["terminationGracePeriodSeconds"]
-    assert grace >= settings.job_timeout_s + settings.storage_retry_budget_s, grace
-    for container in pod["containers"]:
-        assert "preStop" not in container.get("lifecycle", {}), "a worker preStop would race its drain"
+    settings = overlay_settings(resources)
+    for deployment, _ in worker_pools(resources).values():
+        pod = deployment["spec"]["template"]["spec"]
+        grace = pod["terminationGracePeriodSeconds"]
+        assert grace >= settings.job_timeout_s + settings.storage_retry_budget_s, grace
+        assert grace <= AUTOSCALER_GRACE_S, f"{deployment['metadata']['name']}: {grace} s is cut at 600 s on scale-down"
+        for container in pod["containers"]:
+            assert "preStop" not in container.get("lifecycle", {}), "a worker preStop would race its drain"
     for _, _, container in _containers(resources):
         command = " ".join(
             map(str, container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
@@ -303,52 +310,10 @@ def test_worker_grace_period_covers_a_batch_and_nothing_sends_a_second_sigterm(
         assert not re.search(r"\bkill\b|SIGTERM|TERM", command), f"{container['name']} preStop signals: {command}"
 
 
-def test_keda_scales_on_the_real_queue_including_running_jobs(overlay: tuple[str, list[dict[str, Any]]]) -> None:
-    _, resources = overlay
-    settings = _settings(resources)
-    # The key and name core/jobs.py enqueues to (no connection is made to build them).
-    queue = JobStore(redis.Redis(), settings).queue(settings.resolved_model_id)
-    assert queue.name == queue_name(settings, settings.resolved_model_id)
-    scaled = _one(resources, "ScaledObject", "sfumato-worker")
-    spec = scaled["spec"]
-    assert spec["scaleTargetRef"]["name"] == "sfumato-worker"
-    triggers = {t["name"]: t for t in spec["triggers"]}
-    assert triggers["queued"]["type"] == "redis"
-    assert triggers["queued"]["metadata"]["listName"] == queue.key, (triggers["queued"]["metadata"], queue.key)
-    running = triggers["running"]
-    assert running["type"] == "prometheus" and "sfumato_jobs_running" in running["metadata"]["query"]
-    assert f'queue="{queue.name}"' in running["metadata"]["query"]
-    queue_metrics = (REPO_ROOT / "core" / "queue_metrics.py").read_text()
-    assert '"sfumato_jobs_running"' in queue_metrics and "StartedJobRegistry" in queue_metrics
-    modifiers = spec["advanced"]["scalingModifiers"]
-    assert set(re.findall(r"[a-z_]+", modifiers["formula"])) == {"queued", "running"}, modifiers["formula"]
-    assert "+" in modifiers["formula"]
-    assert int(modifiers["target"]) == settings.max_batch, "one worker serves max_batch jobs at once"
-    assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
-    assert spec["cooldownPeriod"] >= 60
-    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
-    assert scale_down["stabilizationWindowSeconds"] >= 300
-    # KEDA reads the address and password from the worker container's environment.
-    worker = _one(resources, "Deployment", "sfumato-worker")["spec"]["template"]["spec"]["containers"][0]
-    config = _config(resources)
-    address = triggers["queued"]["metadata"]["addressFromEnv"]
-    assert address in config and config[address].endswith(":6379") and ".svc." in config[address]
-    assert any("secretRef" in source for source in worker["envFrom"])
-    assert triggers["queued"]["metadata"]["passwordFromEnv"] in _secret_keys(resources)
-
-
-def _secret_keys(resources: list[dict[str, Any]]) -> set[str]:
-    """Keys of the sfumato-secrets Secret: generated in dev, documented for production."""
-    secrets = [r for r in resources if r["kind"] == "Secret" and r["metadata"]["name"].startswith("sfumato-secrets")]
-    if secrets:
-        return set(secrets[0].get("data", {})) | set(secrets[0].get("stringData", {}))
-    return set(re.findall(r"^\s*([A-Z][A-Z0-9_]+)=", DEPLOY_README.read_text(), re.MULTILINE))
-
-
 def test_every_secret_reference_exists(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     """Keys read from the Secret exist in it (dev) or in the documented secret file (production)."""
     _, resources = overlay
-    keys = _secret_keys(resources)
+    keys = secret_keys(resources)
     for _, _, container in _containers(resources):
         for env in container.get("env", []):
             ref = env.get("valueFrom", {}).get("secretKeyRef")
@@ -360,7 +325,7 @@ def test_every_secret_reference_exists(overlay: tuple[str, list[dict[str, Any]]]
 
 def test_only_the_api_workers_and_keda_reach_redis(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = overlay
-    redis_set = _one(resources, "StatefulSet", "sfumato-redis")
+    redis_set = one(resources, "StatefulSet", "sfumato-redis")
     policies = [
         p for p in resources
         if p["kind"] == "NetworkPolicy"
@@ -372,11 +337,14 @@ def test_only_the_api_workers_and_keda_reach_redis(overlay: tuple[str, list[dict
     rule = spec["ingress"][0]
     assert [p["port"] for p in rule["ports"]] == [6379]
     same_namespace = [peer["podSelector"]["matchLabels"] for peer in rule["from"] if "namespaceSelector" not in peer]
-    api = _one(resources, "Deployment", "sfumato-api")["spec"]["template"]["metadata"]["labels"]
-    worker = _one(resources, "Deployment", "sfumato-worker")["spec"]["template"]["metadata"]["labels"]
-    assert any(_matches(sel, api) for sel in same_namespace) and any(_matches(sel, worker) for sel in same_namespace)
-    for workload in (r for r in resources if r["kind"] in WORKLOADS and r["metadata"]["name"] not in
-                     ("sfumato-api", "sfumato-worker")):  # fmt: skip
+    api = one(resources, "Deployment", "sfumato-api")["spec"]["template"]["metadata"]["labels"]
+    assert any(_matches(sel, api) for sel in same_namespace)
+    pools = [deployment for deployment, _ in worker_pools(resources).values()]
+    for worker in pools:
+        labels = worker["spec"]["template"]["metadata"]["labels"]
+        assert any(_matches(sel, labels) for sel in same_namespace), worker["metadata"]["name"]
+    allowed = {"sfumato-api", *(w["metadata"]["name"] for w in pools)}
+    for workload in (r for r in resources if r["kind"] in WORKLOADS and r["metadata"]["name"] not in allowed):
         labels = workload["spec"]["template"]["metadata"]["labels"]
         assert not any(_matches(sel, labels) for sel in same_namespace), f"{workload['metadata']['name']} reaches Redis"
     other = [peer for peer in rule["from"] if "namespaceSelector" in peer]
@@ -385,7 +353,7 @@ def test_only_the_api_workers_and_keda_reach_redis(overlay: tuple[str, list[dict
 
 def test_redis_persists_with_aof_everysec(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = overlay
-    redis_set = _one(resources, "StatefulSet", "sfumato-redis")
+    redis_set = one(resources, "StatefulSet", "sfumato-redis")
     args = " ".join(redis_set["spec"]["template"]["spec"]["containers"][0]["args"])
     assert "--appendonly yes" in args and "--appendfsync everysec" in args and "--requirepass" in args
     assert redis_set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
@@ -393,16 +361,22 @@ def test_redis_persists_with_aof_everysec(overlay: tuple[str, list[dict[str, Any
 
 def test_disruption_budgets_and_autoscaler_cover_the_right_pods(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     _, resources = overlay
-    for name in ("sfumato-api", "sfumato-worker"):
-        pdb = _one(resources, "PodDisruptionBudget", name)
-        labels = _one(resources, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
-        assert _matches(pdb["spec"]["selector"]["matchLabels"], labels)
-    hpa = _one(resources, "HorizontalPodAutoscaler", "sfumato-api")
+    api_pdb = one(resources, "PodDisruptionBudget", "sfumato-api")
+    api_labels = one(resources, "Deployment", "sfumato-api")["spec"]["template"]["metadata"]["labels"]
+    assert _matches(api_pdb["spec"]["selector"]["matchLabels"], api_labels)
+    hpa = one(resources, "HorizontalPodAutoscaler", "sfumato-api")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "sfumato-api"}
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    worker = _one(resources, "Deployment", "sfumato-worker")
-    assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
-    assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    # Each pool's PDB covers its own pods only: draining one model's node never counts another's.
+    pools = worker_pools(resources)
+    for worker, _ in pools.values():
+        name = worker["metadata"]["name"]
+        pdb = one(resources, "PodDisruptionBudget", name)
+        for other, _ in pools.values():
+            labels = other["spec"]["template"]["metadata"]["labels"]
+            assert _matches(pdb["spec"]["selector"]["matchLabels"], labels) == (other is worker), (name, other)
+        assert "replicas" not in worker["spec"], "KEDA owns the worker replica count"
+        assert worker["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
 def test_production_takes_its_secret_from_outside_git() -> None:

@@ -351,7 +351,7 @@ def test_a_real_prometheus_scrapes_both_and_evaluates_the_rules(run: Run, tmp_pa
         assert prometheus.value('sum(sfumato_jobs_finished_total{state="succeeded"})') == 2
         assert prometheus.value('sum(sfumato_jobs_finished_total{job="sfumato-api",state="canceled"})') == 1
         assert prometheus.value('sfumato_worker_ready{job="sfumato-worker",model="tiny"}') == 1
-        assert prometheus.value('sfumato_queue_depth{job="sfumato-api",model="tiny"}') == 0
+        assert prometheus.value('sum(sfumato_queue_depth{job="sfumato-api",model="tiny"})') == 0  # every class
         failed = prometheus.query('sum by (code) (sfumato_jobs_finished_total{state="failed"})')
         assert {r["metric"]["code"]: float(r["value"][1]) for r in failed} == {
             "generation_failed": 1,

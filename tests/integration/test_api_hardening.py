@@ -91,7 +91,8 @@ def test_an_unauthenticated_body_is_never_read(settings: Settings, base_url: str
 
 def test_security_headers_on_every_response(settings: Settings, base_url: str) -> None:
     headers = bearer(create_key(settings))
-    for path, auth in (("/healthz", {}), ("/v1/models", headers), ("/v1/images/" + "0" * 32, headers), ("/v1/x", {})):
+    paths = ("/healthz", "/metrics", "/v1/models", "/v1/images/" + "0" * 32, "/v1/x")
+    for path, auth in ((p, headers if p.startswith("/v1/") else {}) for p in paths):
         resp = httpx.get(base_url + path, headers=auth)
         assert resp.headers["x-content-type-options"] == "nosniff", path
         assert resp.headers["x-frame-options"] == "DENY"

@@ -7,6 +7,7 @@ Jobs here never run (no worker); they end by being canceled, which is determinis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -20,7 +21,7 @@ import redis
 from api.app import create_app
 from api.event_stream import STREAMS_OPEN
 from core.config import Settings
-from sfumato import Client, RateLimitError
+from sfumato import AsyncClient, Client, RateLimitError, ServerError
 from sfumato._common import SSEParser
 from sfumato.types import JobEvent
 from sfumato.webhooks import ReplayGuard, WebhookVerificationError, verify
@@ -266,3 +267,47 @@ def test_the_sdk_raises_a_typed_error_when_retries_run_out() -> None:
         client.get("j1")
     assert (caught.value.code, caught.value.param, caught.value.status_code) == ("queue_full", "queue_depth", 429)
     assert len(server.requests) == 2
+
+
+def test_the_sdk_retries_500_502_and_504_with_one_idempotency_key() -> None:
+    """A 5xx from the API or a proxy in front of it (a crash's 500, a gateway's 502/504) is
+    retried: safe, because the retried submit carries the same Idempotency-Key and so returns
+    the job the first attempt may already have created."""
+    with receiver([500, 502, 504, 202], body=json.dumps(_JOB).encode()) as server:
+        with Client(server.url, "sf_test", max_retries=3) as client:
+            job = client.submit("a fox", n=2)
+        assert job.id == "j1"
+    assert [r.method for r in server.requests] == ["POST"] * 4
+    assert len({r.headers["Idempotency-Key"] for r in server.requests}) == 1
+    assert len({r.body for r in server.requests}) == 1
+
+
+def test_the_sdk_retries_a_get_after_a_5xx() -> None:
+    with (
+        receiver([502, 504, 200], body=json.dumps(_JOB).encode()) as server,
+        Client(server.url, max_retries=2) as client,
+    ):
+        assert client.get("j1").id == "j1"
+    assert [(r.method, r.path) for r in server.requests] == [("GET", "/v1/images/j1")] * 3
+
+
+def test_the_async_sdk_retries_a_5xx_with_one_idempotency_key() -> None:
+    async def submit(url: str) -> str:
+        async with AsyncClient(url, max_retries=2) as client:
+            return (await client.submit("a fox")).id
+
+    with receiver([502, 202], body=json.dumps(_JOB).encode()) as server:
+        assert asyncio.run(submit(server.url)) == "j1"
+    assert len(server.requests) == 2 and len({r.headers["Idempotency-Key"] for r in server.requests}) == 1
+
+
+def test_a_500_past_max_retries_raises_server_error() -> None:
+    error = {"error": {"code": "internal_error", "message": "internal error", "param": None}}
+    with (
+        receiver([500], body=json.dumps(error).encode()) as server,
+        Client(server.url, max_retries=1) as client,
+        pytest.raises(ServerError) as caught,
+    ):
+        client.get("j1")
+    assert (caught.value.status_code, caught.value.code) == (500, "internal_error")
+    assert len(server.requests) == 2  # the first attempt and one retry

@@ -117,9 +117,20 @@ def test_a_job_that_kills_every_worker_fails_as_worker_lost_after_its_attempts(s
         stack.add_worker(SFUMATO_WORKER_METRICS_PORT=str(metrics_port))
     done = stack.wait_status(job_id, FINAL, timeout_s=120)
     assert done["status"] == "failed" and done["error"]["code"] == "worker_lost", done
-    # The worker whose reaper failed it counts it: no worker's own completion path saw it.
-    lost = Scrape.of(f"http://127.0.0.1:{metrics_port}").value(
-        "sfumato_jobs_finished_total", state="failed", code="worker_lost"
+    # The sweeper that failed it counts it (the last worker or the API: both sweep, core/reaper.py):
+    # no worker's own completion path saw it.
+    worker_url = f"http://127.0.0.1:{metrics_port}"
+
+    def worker_metrics_answer() -> bool:
+        try:
+            return httpx.get(f"{worker_url}/metrics", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(worker_metrics_answer, 240, "the last worker's metrics", stack.workers[-1])
+    lost = sum(
+        Scrape.of(url).value("sfumato_jobs_finished_total", state="failed", code="worker_lost")
+        for url in (worker_url, stack.base_url)
     )
     assert lost == 1
     # The fleet survives the poison job.

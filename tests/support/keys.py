@@ -13,11 +13,12 @@ def create_key(
     scopes: tuple[str, ...] | list[str] = DEFAULT_SCOPES,
     name: str = "test",
     limits: KeyLimits | None = None,
+    priority: str = "standard",
 ) -> str:
     """A new key in ``settings``' Redis (and queue prefix); returns the token."""
     connection = connect(settings)
     try:
-        _, token = KeyStore(connection, settings).create(tenant, name, list(scopes), limits)
+        _, token = KeyStore(connection, settings).create(tenant, name, list(scopes), limits, priority)
     finally:
         connection.close()
     return token

@@ -46,6 +46,7 @@ PER_JOB: dict[str, Any] = {
     "created_at": 2000.0,
     "deadline_at": 2100.0,
     "preview": True,  # previews are made from the batch's latents per job, after the call
+    "priority": "batch",  # which queue a job waits in; batches combine classes (core/priority.py)
 }
 
 #: One value per pipeline call.

@@ -140,8 +140,9 @@ class ControlNetModels:
             self._apply_attention(model)
         except Exception as exc:
             hint = "" if self.allow_pickle else " (safetensors weights only)"
+            log.warning("could not load ControlNet %s from %s%s: %s", name, source, hint, _short(exc))
             raise GenerationFailed(
-                f"could not load ControlNet {name!r} from {source!r}{hint}: {_short(exc)}", param="controlnet"
+                f"could not load ControlNet {name!r}{hint}; the worker's log has the details", param="controlnet"
             ) from exc
         self.loads += 1
         log.info("loaded ControlNet %s from %s", name, source)

@@ -40,7 +40,7 @@ from PIL import Image
 
 from core.batch_key import BatchKey
 from core.config import Settings
-from core.errors import GenerationFailed, ModelUnavailable, OutOfMemory, ServiceError
+from core.errors import MODEL_FAILED_MESSAGE, GenerationFailed, ModelUnavailable, OutOfMemory, ServiceError
 from core.loras import lora_folder
 from core.models import ModelSpec, worker_model
 from core.schemas import JobPayload
@@ -354,7 +354,7 @@ class Engine:
             if exc is reporter.error or isinstance(exc, ServiceError):
                 raise
             log.exception("generation failed for %d job(s), batch %s", len(jobs), key.digest())
-            raise GenerationFailed(f"image generation failed: {_short(exc)}") from exc
+            raise GenerationFailed(MODEL_FAILED_MESSAGE) from exc  # the details are in the log above
         if out_of_memory:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()  # give the next (smaller) batch the memory just freed

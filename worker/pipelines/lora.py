@@ -144,7 +144,8 @@ class LoraAdapters:
         try:
             nbytes = estimate_bytes(path)
         except Exception as exc:
-            message = f"LoRA {name!r} is not a readable safetensors file: {_short(exc)}"
+            log.warning("LoRA %s (%s) is unreadable: %s", name, path, _short(exc))  # details for the operator
+            message = f"LoRA {name!r} is not a readable safetensors file; the worker's log has the details"
             raise GenerationFailed(message, param="loras") from exc
         if nbytes > self.max_bytes:
             # Checked before reading the weights: a misplaced full checkpoint never loads.
@@ -166,7 +167,9 @@ class LoraAdapters:
                 pipe.load_lora_weights(state_dict, adapter_name=adapter)
         except Exception as exc:
             self._delete_layers(pipe, adapter)  # leave no half-loaded adapter behind
-            raise GenerationFailed(f"could not load LoRA {name!r}: {_short(exc)}", param="loras") from exc
+            log.warning("could not load LoRA %s (%s): %s", name, path, _short(exc))  # details for the operator
+            message = f"could not load LoRA {name!r} into this model; the worker's log has the details"
+            raise GenerationFailed(message, param="loras") from exc
         in_unet = adapter in (getattr(pipe.unet, "peft_config", None) or {})
         in_text = pipe.text_encoder is not None and adapter in (getattr(pipe.text_encoder, "peft_config", None) or {})
         if not (in_unet or in_text):

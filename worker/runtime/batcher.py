@@ -9,9 +9,12 @@ The wait is spent only where it pays (:class:`WaitAdvisor`): partners already qu
 claimed, but a worker whose recent waits found no late partner (one client at a time, say)
 starts at once, and probes again now and then in case traffic has changed.
 
-Claiming is one Lua script: it scans the head of the queue, and moves each matching job to
-RQ's intermediate queue exactly as RQ's own dequeue does (LREM + RPUSH inside the script), so
-two workers never claim the same job and RQ's maintenance still sees every taken job.
+Claiming is one Lua script: it scans the head of each queue it is given, and moves each
+matching job to that queue's RQ intermediate queue exactly as RQ's own dequeue does (LREM +
+RPUSH inside the script), so two workers never claim the same job and RQ's maintenance still
+sees every taken job. The queues are a model's priority-class queues (core/priority.py) at or
+above the leader's class, highest first: jobs of different classes share a batch, but a
+bulk run's jobs never ride in an interactive leader's batch and make it slower.
 """
 
 from __future__ import annotations
@@ -27,27 +30,31 @@ from rq.job import Job
 
 from core.batch_key import BATCH_TAG_FIELD
 
-#: KEYS: queue list, intermediate list. ARGV: digest, capacity (images), scan depth, job key prefix,
-#: tag field. Returns a flat list: job id, images, job id, images...
+#: KEYS: queue list, intermediate list, queue list, intermediate list... (in the order to scan).
+#: ARGV: digest, capacity (images), scan depth per queue, job key prefix, tag field.
+#: Returns a flat list: job id, images, queue number (0-based), job id, images, queue number...
 _CLAIM_LUA = """
-local queue, intermediate = KEYS[1], KEYS[2]
 local digest, capacity = ARGV[1], tonumber(ARGV[2])
 local depth, prefix, field = tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local claimed = {}
-if capacity <= 0 then return claimed end
-local ids = redis.call('LRANGE', queue, 0, depth - 1)
-for _, id in ipairs(ids) do
-  local tag = redis.call('HGET', prefix .. id, field)
-  if tag then
-    local sep = string.find(tag, ':', 1, true)
-    local n = sep and tonumber(string.sub(tag, sep + 1))
-    if n and string.sub(tag, 1, sep - 1) == digest and n <= capacity then
-      if redis.call('LREM', queue, 1, id) == 1 then
-        redis.call('RPUSH', intermediate, id)
-        claimed[#claimed + 1] = id
-        claimed[#claimed + 1] = n
-        capacity = capacity - n
-        if capacity <= 0 then break end
+for q = 1, #KEYS, 2 do
+  if capacity <= 0 then return claimed end
+  local queue, intermediate = KEYS[q], KEYS[q + 1]
+  local ids = redis.call('LRANGE', queue, 0, depth - 1)
+  for _, id in ipairs(ids) do
+    local tag = redis.call('HGET', prefix .. id, field)
+    if tag then
+      local sep = string.find(tag, ':', 1, true)
+      local n = sep and tonumber(string.sub(tag, sep + 1))
+      if n and string.sub(tag, 1, sep - 1) == digest and n <= capacity then
+        if redis.call('LREM', queue, 1, id) == 1 then
+          redis.call('RPUSH', intermediate, id)
+          claimed[#claimed + 1] = id
+          claimed[#claimed + 1] = n
+          claimed[#claimed + 1] = (q - 1) / 2
+          capacity = capacity - n
+          if capacity <= 0 then break end
+        end
       end
     end
   end
@@ -143,17 +150,25 @@ def gather_partners(
 
 
 class PartnerClaimer:
-    """Atomically takes queued jobs with one batch digest off one RQ queue."""
+    """Atomically takes queued jobs with one batch digest off RQ queues, scanned in order."""
 
-    def __init__(self, connection: redis.Redis, queue: Queue, scan_depth: int) -> None:
+    def __init__(self, connection: redis.Redis, queues: Queue | list[Queue], scan_depth: int) -> None:
+        self.queues = [queues] if isinstance(queues, Queue) else list(queues)
         self._script = connection.register_script(_CLAIM_LUA)
-        self._keys = [queue.key, IntermediateQueue(queue.key, connection).key]
+        self._keys = [key for q in self.queues for key in (q.key, IntermediateQueue(q.key, connection).key)]
         self._scan_depth = scan_depth
 
-    def claim(self, digest: str, capacity: int) -> list[tuple[str, int]]:
+    def claim_from(self, digest: str, capacity: int) -> list[tuple[str, int, Queue]]:
+        """``[(job_id, images, the queue it was on), ...]``, at most ``capacity`` images."""
         flat = self._script(
             keys=self._keys,
             args=[digest, capacity, self._scan_depth, Job.redis_job_namespace_prefix, BATCH_TAG_FIELD],
         )
         decoded = [item.decode() if isinstance(item, bytes) else item for item in flat]
-        return [(str(decoded[i]), int(decoded[i + 1])) for i in range(0, len(decoded), 2)]
+        return [
+            (str(decoded[i]), int(decoded[i + 1]), self.queues[int(decoded[i + 2])]) for i in range(0, len(decoded), 3)
+        ]
+
+    def claim(self, digest: str, capacity: int) -> list[tuple[str, int]]:
+        """``[(job_id, images), ...]``: :meth:`claim_from` without the queues."""
+        return [(job_id, images) for job_id, images, _queue in self.claim_from(digest, capacity)]

@@ -3,16 +3,24 @@
 RQ's defaults suit short jobs in forked horses: a SimpleWorker's running job stays in the
 started registry for ``job_timeout + 60`` s, and abandoned jobs are only swept during
 maintenance, which an idle worker blocked in BLMOVE does not run. A killed worker's jobs would
-sit in ``started`` for many minutes. Here, while jobs run, a daemon thread
+sit in ``started`` for many minutes. Here, while the worker runs, a daemon thread
 
 * extends every running execution (and the worker key) by ``SFUMATO_EXECUTION_TTL_S`` every
   ``SFUMATO_HEARTBEAT_INTERVAL_S``, so a live batch never looks dead however long it takes;
-* every ``SFUMATO_REAPER_INTERVAL_S`` (one worker at a time, by a Redis lock), runs RQ's own
-  ``StartedJobRegistry.cleanup``: executions whose heartbeats stopped are re-queued while they
-  have attempts left (``Retry``), else failed (shown to clients as ``worker_lost``), and the
-  intermediate queue is swept of jobs a worker took but never started.
+* every ``SFUMATO_REAPER_INTERVAL_S`` sweeps the started registries of every model's queues
+  (core/reaper.py: one sweeper per queue at a time, by a Redis lock): executions whose heartbeats
+  stopped are re-queued while they have attempts left (``Retry``), else failed (shown to clients
+  as ``worker_lost``); and the intermediate lists are swept of jobs a worker took but never
+  started. Not for a grace period after this thread last failed to reach Redis: an outage stops
+  every worker's heartbeats, and is not a death.
 
-A dead worker's jobs are therefore back in the queue within about TTL + reaper interval.
+RQ's own maintenance keeps its other chores but leaves abandoned jobs to that sweep
+(``worker/runtime/redis_outage.py``): at a worker's start it would judge leases that live
+workers have not yet renewed after an outage.
+
+A dead worker's jobs are therefore back in the queue within about TTL + reaper interval, even
+when no worker of their model is left. A job that ends while Redis is down waits for Redis to
+complete (``worker/runtime/redis_outage.py``) instead of being given up and re-run.
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from rq.registry import StartedJobRegistry
 from rq.utils import now
 
 from core.errors import ErrorDict
+from core.reaper import AbandonedJobReaper, model_of
 from worker.runtime.metrics import job_ended
+from worker.runtime.redis_outage import REDIS_DOWN
 
 if TYPE_CHECKING:
     from worker.runtime.runner import SfumatoWorker
@@ -42,10 +52,15 @@ class Liveness:
         self.ttl_s = settings.execution_ttl_s
         self.heartbeat_s = settings.heartbeat_interval_s
         self.reap_every = max(1, round(settings.reaper_interval_s / self.heartbeat_s))
+        self.reaper = AbandonedJobReaper(
+            worker.connection,
+            settings,
+            worker.name,
+            handlers=[count_abandoned],
+            queues=[q.name for q in worker.queues],
+        )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sfumato-liveness", daemon=True)
-        # RQ's own maintenance sweeps abandoned jobs too, with the worker's exception handlers.
-        worker.push_exc_handler(count_abandoned)
 
     def start(self) -> None:
         self._thread.start()
@@ -63,6 +78,8 @@ class Liveness:
                 if beats % self.reap_every == 0:
                     self.reap()
             except Exception as exc:  # Redis down: the main loop reconnects; keep beating.
+                if isinstance(exc, REDIS_DOWN):
+                    self.reaper.redis_failed()
                 log.warning("liveness: %s", exc)
 
     def beat(self) -> None:
@@ -77,29 +94,19 @@ class Liveness:
             pipe.execute()
 
     def reap(self) -> None:
-        """Re-queue or fail jobs whose workers stopped beating; one worker per queue at a time."""
+        """Re-queue or fail the jobs of dead workers, on every model's queues (core/reaper.py),
+        and sweep each queue's intermediate list of jobs taken but never started."""
         worker = self.worker
-        for queue in worker.queues:
-            lock = f"{worker.settings.queue_prefix}:reaper:{queue.name}"
-            if not worker.connection.set(lock, worker.name, nx=True, ex=max(1, int(worker.settings.reaper_interval_s))):
-                continue
-            queue.started_job_registry.cleanup(exception_handlers=[count_abandoned])
-            queue.intermediate_queue.cleanup(worker, queue)
+        self.reaper.sweep(after_each=lambda queue: queue.intermediate_queue.cleanup(worker, queue))
 
 
 def count_abandoned(job: Job, *exc_info: Any) -> None:
-    """RQ calls this for each abandoned job before re-queuing or failing it (from our reaper and
-    from its own maintenance; as a worker exception handler it also sees ordinary failures, which
-    the runner counts itself). A job with no attempts left fails there as ``worker_lost``,
-    outside any worker's completion path, so it is counted here (``sfumato_jobs_finished_total``)
-    or it would be counted nowhere."""
+    """Called for each abandoned job before it is re-queued or failed (core/reaper.py). A job
+    with no attempts left fails there as ``worker_lost``, outside any worker's completion path,
+    so it is counted here (``sfumato_jobs_finished_total``) or it would be counted nowhere."""
     if not exc_info or exc_info[0] is not AbandonedJobError:
         return
     if job.retries_left and job.retries_left > 0:
         return
-    try:
-        model = str(job.args[0]["model"])
-    except (IndexError, KeyError, TypeError):
-        model = "unknown"
     error = ErrorDict(code="worker_lost", message="the worker running this job died on its last attempt", param=None)
-    job_ended(job, model, "failed", error)
+    job_ended(job, model_of(job), "failed", error)

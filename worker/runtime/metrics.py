@@ -7,6 +7,8 @@ wraps the object store with :meth:`Observability.store` and hands each RQ worker
 
 - :func:`batch_observer` in ``execute.generate_batch``: batch size and fill, inference time per
   job, time per denoising step, images and megapixel-steps, and one log line per batch;
+- :func:`batch_isolated` and :func:`job_failed_alone` in ``execute.run_splitting``: batches
+  re-run in halves after a failure that may be one job's input, and the jobs that failed alone;
 - :func:`job_ended` in the runner: jobs finished by state and error code, time in queue,
   end-to-end latency, and one log line per job with its ``job_id`` and ``request_id``.
 
@@ -30,6 +32,7 @@ from core.errors import ErrorDict, ServiceError
 from core.jobs import META_REQUEST_ID
 from core.metrics import JOB_BUCKETS, bounded_code, record_finished
 from core.models import worker_model
+from core.priority import priority_of_queue
 from core.schemas import JobPayload
 from core.storage import ObjectStore
 from worker.pipelines.types import StepCallback
@@ -67,9 +70,11 @@ class Instruments:
             STEP_BUCKETS,
         )
         self.queue_wait = histogram(
-            "sfumato_job_queue_wait_seconds", "Seconds from submission until a worker started the job.", ["model"],
+            "sfumato_job_queue_wait_seconds",
+            "Seconds from submission until a worker started the job, by priority class.",
+            ["model", "priority"],
             JOB_BUCKETS,
-        )  # fmt: skip
+        )
         self.latency = histogram(
             "sfumato_job_latency_seconds",
             "Seconds from submission until the job ended.",
@@ -86,13 +91,30 @@ class Instruments:
             registry=registry,
         )
         self.upload = histogram(
-            "sfumato_storage_upload_seconds", "Seconds per image upload attempt.", ["backend"],
+            "sfumato_storage_upload_seconds",
+            "Seconds per image upload attempt.",
+            ["backend"],
             (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-        )  # fmt: skip
+        )
         self.upload_errors = Counter(
-            "sfumato_storage_upload_errors_total", "Failed image upload attempts.", ["backend", "code"],
+            "sfumato_storage_upload_errors_total",
+            "Failed image upload attempts.",
+            ["backend", "code"],
             registry=registry,
-        )  # fmt: skip
+        )
+        self.isolations = Counter(
+            "sfumato_batch_isolations_total",
+            "Batches that failed for a reason that may be one job's input and were re-run in halves, so that "
+            "only the job(s) failing alone fail.",
+            ["model"],
+            registry=registry,
+        )
+        self.failed_alone = Counter(
+            "sfumato_jobs_failed_alone_total",
+            "Jobs that failed when run alone after their batch was isolated (their partners ran without them).",
+            ["model"],
+            registry=registry,
+        )
         self.load = Gauge("sfumato_model_load_seconds", "Seconds the model took to load.", ["model"], registry=registry)
         self.warmup = Gauge(
             "sfumato_model_warmup_seconds", "Seconds the warm-up generation took.", ["model"], registry=registry
@@ -255,14 +277,17 @@ class BatchObserver:
             megapixels = payload.width * payload.height / 1e6
             ins.mpx_steps.labels(model, payload.mode).inc(megapixels * _effective_steps(payload) * payload.n)
         log.info(
-            "batch generated: %d job(s), %d image(s) in %.3fs", len(self.payloads), images, inference_s,
+            "batch generated: %d job(s), %d image(s) in %.3fs",
+            len(self.payloads),
+            images,
+            inference_s,
             extra={
                 "event": "batch_generated",
                 "job_ids": [p.job_id for p in self.payloads],
                 "images": images,
                 "inference_s": round(inference_s, 4),
             },
-        )  # fmt: skip
+        )
 
 
 def batch_observer(payloads: Sequence[JobPayload]) -> BatchObserver | _NoBatch:
@@ -273,13 +298,28 @@ def batch_observer(payloads: Sequence[JobPayload]) -> BatchObserver | _NoBatch:
     return BatchObserver(obs, payloads)
 
 
+def batch_isolated(first: JobPayload) -> None:
+    """A batch of ``first``'s model failed and is re-run in halves (worker/runtime/execute.py)."""
+    obs = _active
+    if obs is not None:
+        obs.instruments.isolations.labels(first.model).inc()
+
+
+def job_failed_alone(payload: JobPayload) -> None:
+    """Isolation found ``payload``'s job failing on its own; its partners ran without it."""
+    obs = _active
+    if obs is not None:
+        obs.instruments.failed_alone.labels(payload.model).inc()
+
+
 def job_ended(job: Job, model: str, state: str, error: ErrorDict | None = None) -> None:
     """A started job reached ``state`` (succeeded, failed, canceled): count it and log it."""
     obs = _active
     if obs is None:
         return
     code = bounded_code(error["code"]) if error else None
-    record_finished(model, state, code)
+    priority = priority_of_queue(job.origin)
+    record_finished(model, state, code, priority)
     created = _created_at(job)
     now = time.time()
     fields: dict[str, Any] = {"event": "job_ended", "job_id": job.id, "request_id": job.meta.get(META_REQUEST_ID)}
@@ -288,7 +328,7 @@ def job_ended(job: Job, model: str, state: str, error: ErrorDict | None = None) 
         obs.instruments.latency.labels(model, state).observe(max(0.0, now - created))
         if job.started_at is not None:
             wait = max(0.0, job.started_at.timestamp() - created)
-            obs.instruments.queue_wait.labels(model).observe(wait)
+            obs.instruments.queue_wait.labels(model, priority).observe(wait)
             fields["queue_wait_s"] = round(wait, 4)
         fields["total_s"] = round(max(0.0, now - created), 4)
     level = logging.WARNING if state == "failed" else logging.INFO

@@ -4,7 +4,8 @@ complete every job on its own.
 Built on RQ's ``SimpleWorker`` (never forks: CUDA contexts and resident weights do not
 survive a fork) by overriding the one hook RQ offers for it, ``execute_job``. RQ keeps doing
 what it does well: blocking dequeue of the leader, worker registration and heartbeats,
-registries, maintenance. We add partner claiming (``worker/runtime/batcher.py``), one engine call
+registries, maintenance. We add the choice of the next leader's priority class
+(``worker/runtime/priority.py``), partner claiming (``worker/runtime/batcher.py``), one engine call
 per batch, and completion of each job with RQ's own success/failure handling and our error
 code in its meta. Encoding and upload run in a bounded background stage, so the next batch
 denoises while PNGs are written.
@@ -18,7 +19,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from rq import Queue, SimpleWorker
@@ -36,13 +39,16 @@ from core.config import Settings
 from core.errors import ErrorDict, GenerationFailed
 from core.jobs import META_ERROR, cancel_key, payload_of
 from core.presence import announce, withdraw
+from core.priority import PriorityClass, at_or_above, priority_of_queue
 from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
 from worker.pipelines.engine import Engine
 from worker.runtime.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
 from worker.runtime.execute import Generated, JobOutcome, generate_batch, store_outputs
 from worker.runtime.metrics import job_ended
+from worker.runtime.priority import PrioritySchedule, ScheduledQueue, waiting_classes
 from worker.runtime.progress import ProgressPublisher
+from worker.runtime.redis_outage import clean_registries_except_started, complete_through_outage
 from worker.runtime.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
@@ -71,10 +77,15 @@ class SfumatoWorker(SimpleWorker):
     """An RQ worker whose jobs run, in batches, on one resident :class:`Engine`."""
 
     def __init__(
-        self, queues: list[Queue], *, engine: Engine, store: ObjectStore, settings: Settings, **kwargs: Any
+        self, queues: Sequence[Queue | str], *, engine: Engine, store: ObjectStore, settings: Settings, **kwargs: Any
     ) -> None:
         kwargs.setdefault("serializer", JSONSerializer)
-        super().__init__(queues, **kwargs)
+        kwargs.setdefault("queue_class", ScheduledQueue)
+        # By name: RQ builds them as its queue_class (ours dequeues in the schedule's order).
+        super().__init__([q.name if isinstance(q, Queue) else q for q in queues], **kwargs)
+        #: The model's queue of each priority class this worker reads (core/priority.py).
+        self.class_queues: dict[PriorityClass, Queue] = {priority_of_queue(q.name): q for q in self.queues}
+        self.schedule = PrioritySchedule(settings.priority_share, list(self.class_queues))
         self.engine = engine
         self.store = store
         self.settings = settings
@@ -91,6 +102,12 @@ class SfumatoWorker(SimpleWorker):
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Short: the liveness thread extends it while the job runs (see worker/runtime/liveness.py).
         return self.settings.execution_ttl_s
+
+    def clean_registries(self) -> None:
+        # RQ's maintenance minus its abandoned-job sweep: worker/runtime/liveness.py does that,
+        # with a grace period after a Redis outage (RQ's would run at once, at our start).
+        clean_registries_except_started(self)
+        self.last_cleaned_at = rq_now()  # type: ignore[assignment]  # RQ annotates it None only
 
     # --- signals -------------------------------------------------------------------------
     def request_stop(self, signum: int, frame: Any) -> None:
@@ -109,6 +126,17 @@ class SfumatoWorker(SimpleWorker):
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGTERM, self.request_stop)
         self._shutdown()
+
+    # --- choosing the leader's class ------------------------------------------------------
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """RQ's dequeue, with the queues in the priority schedule's order for this leader."""
+        self._ordered_queues = [self.class_queues[c] for c in self.schedule.order()]
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """RQ's hook after each dequeue: tell the schedule which class was served and which waited."""
+        waiting = waiting_classes(self.connection, self.class_queues) if len(self.class_queues) > 1 else set()
+        self.schedule.taken(priority_of_queue(reference_queue.name), waiting)
 
     # --- the RQ hook ---------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -177,8 +205,11 @@ class SfumatoWorker(SimpleWorker):
         """A started job's payload and deadline checks: failed here, it never reaches the model."""
         try:
             payload = payload_of(job)
-        except Exception as exc:
-            error = GenerationFailed(f"invalid job payload: {exc}"[:500]).to_dict()
+        except Exception:
+            # The validation details name internal types: they go to the log, not to the client.
+            log.exception("job %s has an invalid payload", job.id, extra={"job_id": job.id})
+            message = "the queued job could not be read by this worker (an API and worker version mismatch?)"
+            error = GenerationFailed(message).to_dict()
             self._fail(job, queue, execution, error)
             return None
         if payload.deadline_at is not None and time.time() > payload.deadline_at:
@@ -188,30 +219,38 @@ class SfumatoWorker(SimpleWorker):
             return None
         return ActiveJob(job, queue, execution, payload, started_at=time.time())
 
-    def _claimer(self, queue: Queue) -> PartnerClaimer:
-        if queue.name not in self._claimers:
-            self._claimers[queue.name] = PartnerClaimer(self.connection, queue, self.policy.scan_depth)
-        return self._claimers[queue.name]
+    def _claimer(self, leader_queue: Queue) -> PartnerClaimer:
+        """Scans the class queues at or above the leader's class, highest first: a bulk job may
+        ride in a more urgent leader's batch only if the leader is bulk too."""
+        priority = priority_of_queue(leader_queue.name)
+        if priority not in self._claimers:
+            queues = [self.class_queues[c] for c in at_or_above(priority) if c in self.class_queues]
+            self._claimers[priority] = PartnerClaimer(self.connection, queues or [leader_queue], self.policy.scan_depth)
+        return self._claimers[priority]
 
     def _claim_partners(self, leader: ActiveJob) -> list[ActiveJob]:
         """Claim queued jobs with the leader's batch key and start them."""
         digest = BatchKey.of(leader.payload).digest()
         claimer = self._claimer(leader.queue)
-        ids = gather_partners(
-            leader.payload.n,
-            leader.payload.exact,
-            lambda capacity: claimer.claim(digest, capacity),
-            self.policy,
-            advisor=self.wait_advisor,
-        )
+        origin: dict[str, Queue] = {}
+
+        def claim(capacity: int) -> list[tuple[str, int]]:
+            claimed = claimer.claim_from(digest, capacity)
+            origin.update((job_id, queue) for job_id, _images, queue in claimed)
+            return [(job_id, images) for job_id, images, _queue in claimed]
+
+        ids = gather_partners(leader.payload.n, leader.payload.exact, claim, self.policy, advisor=self.wait_advisor)
         if not ids:
             return []
         fetched = Job.fetch_many(ids, connection=self.connection, serializer=self.serializer)
-        gone = [job_id for job_id, job in zip(ids, fetched, strict=True) if job is None]
-        for job_id in gone:  # expired while queued
-            self.connection.lrem(leader.queue.intermediate_queue_key, 1, job_id)
-        jobs = [job for job in fetched if job is not None]
-        return self._start_many(jobs, leader.queue) if jobs else []
+        by_queue: dict[str, tuple[Queue, list[Job]]] = {}
+        for job_id, job in zip(ids, fetched, strict=True):
+            queue = origin[job_id]
+            if job is None:  # expired while queued
+                self.connection.lrem(queue.intermediate_queue_key, 1, job_id)
+            else:
+                by_queue.setdefault(queue.name, (queue, []))[1].append(job)
+        return [active for queue, jobs in by_queue.values() for active in self._start_many(jobs, queue)]
 
     # --- running -------------------------------------------------------------------------
     def _generate(self, batch: list[ActiveJob], watcher: CancelWatcher) -> list[Generated]:
@@ -229,7 +268,7 @@ class SfumatoWorker(SimpleWorker):
 
         try:
             with self.death_penalty_class(timeout, JobTimeoutException, job_id=batch[0].job.id):
-                return generate_batch(self.engine, payloads, on_step)
+                return generate_batch(self.engine, payloads, on_step, isolate=self.settings.batch_isolation)
         except JobTimeoutException:
             error = ErrorDict(code="timeout", message=f"the batch ran longer than {timeout} s", param=None)
             return [Generated(p, None, error, float(timeout)) for p in payloads]
@@ -240,12 +279,15 @@ class SfumatoWorker(SimpleWorker):
                 outcome = store_outputs(
                     self.store, gen, self.engine.spec.id, active.started_at, info, self.settings.storage_retry_budget_s
                 )
-            except Exception as exc:  # never leave a started job behind
-                outcome = JobOutcome(active.payload, error=GenerationFailed(f"completion failed: {exc}").to_dict())
+            except Exception:  # never leave a started job behind
+                log.exception("completing job %s failed", active.job.id, extra={"job_id": active.job.id})
+                failed = GenerationFailed("the images could not be encoded or stored").to_dict()
+                outcome = JobOutcome(active.payload, error=failed)
             try:
-                self._complete(active, outcome)
+                budget = self.settings.job_timeout_s  # a Redis outage: wait for Redis, keep the lease
+                complete_through_outage(partial(self._complete, active, outcome), budget, active.job.id)
             except Exception as exc:
-                # Redis is unreachable, so the job cannot be completed from here. Stop vouching
+                # Redis is still unreachable, so the job cannot be completed from here. Stop vouching
                 # for it: without our heartbeats its lease runs out and the reaper re-queues it;
                 # the re-run writes the same keys, so the client still sees one result.
                 self.executions.pop(active.execution.id, None)
