@@ -8,7 +8,8 @@ registries, maintenance. We add the choice of the next leader's priority class
 (``worker/runtime/priority.py``), partner claiming (``worker/runtime/batcher.py``), one engine call
 per batch, and completion of each job with RQ's own success/failure handling and our error
 code in its meta. Encoding and upload run in a bounded background stage, so the next batch
-denoises while PNGs are written.
+denoises while PNGs are written. A batch of bulk jobs yields to a queued interactive job at a
+denoising step (:class:`PreemptionWatcher`): its jobs go back to the head of their queues.
 """
 
 from __future__ import annotations
@@ -39,19 +40,24 @@ from core.config import Settings
 from core.errors import ErrorDict, GenerationFailed
 from core.jobs import META_ERROR, cancel_key, payload_of
 from core.presence import announce, withdraw
-from core.priority import PriorityClass, at_or_above, priority_of_queue
+from core.priority import WAKE_CAP, PriorityClass, at_or_above, priority_of_queue, wake_key
 from core.schemas import BatchInfo, JobPayload
 from core.storage import ObjectStore
 from worker.pipelines.engine import Engine
 from worker.runtime.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
 from worker.runtime.execute import Generated, JobOutcome, generate_batch, store_outputs
-from worker.runtime.metrics import job_ended
+from worker.runtime.metrics import batch_preempted, job_ended
 from worker.runtime.priority import PrioritySchedule, ScheduledQueue, waiting_classes
 from worker.runtime.progress import ProgressPublisher
 from worker.runtime.redis_outage import clean_registries_except_started, complete_through_outage
 from worker.runtime.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
+
+#: ``job.meta`` flag of a job whose batch was preempted once: it is never preempted again.
+META_PREEMPTED = "preempted"
+#: The class whose queued jobs preempt a running batch of lower-class jobs.
+PREEMPTING_CLASS: PriorityClass = "interactive"
 
 
 class JobFailed(Exception):
@@ -98,6 +104,8 @@ class SfumatoWorker(SimpleWorker):
         self.completion_stage = BackgroundStage(settings.upload_stage_depth)
         self._claimers: dict[str, PartnerClaimer] = {}
         self.draining = False
+        #: Whether interactive jobs were already queued when the current leader was taken.
+        self._leader_passed_over_interactive = False
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         # Short: the liveness thread extends it while the job runs (see worker/runtime/liveness.py).
@@ -137,6 +145,7 @@ class SfumatoWorker(SimpleWorker):
         """RQ's hook after each dequeue: tell the schedule which class was served and which waited."""
         waiting = waiting_classes(self.connection, self.class_queues) if len(self.class_queues) > 1 else set()
         self.schedule.taken(priority_of_queue(reference_queue.name), waiting)
+        self._leader_passed_over_interactive = PREEMPTING_CLASS in waiting
 
     # --- the RQ hook ---------------------------------------------------------------------
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -146,7 +155,12 @@ class SfumatoWorker(SimpleWorker):
                 return
             batch = [leader, *self._claim_partners(leader)]
             watcher = CancelWatcher(self.connection, self.settings, [a.job.id for a in batch])
-            generated = self._generate(batch, watcher)
+            try:
+                generated = self._generate(batch, watcher, self._preemption_watcher(batch))
+            except Preempted:
+                self._complete_newly_canceled(batch, watcher, force_check=True)
+                self._requeue_preempted([a for a in batch if a.job.id not in watcher.canceled])
+                return
             self._complete_newly_canceled(batch, watcher, force_check=True)
             survivors = [(a, g) for a, g in zip(batch, generated, strict=True) if a.job.id not in watcher.canceled]
             if survivors:
@@ -253,7 +267,9 @@ class SfumatoWorker(SimpleWorker):
         return [active for queue, jobs in by_queue.values() for active in self._start_many(jobs, queue)]
 
     # --- running -------------------------------------------------------------------------
-    def _generate(self, batch: list[ActiveJob], watcher: CancelWatcher) -> list[Generated]:
+    def _generate(
+        self, batch: list[ActiveJob], watcher: CancelWatcher, preemption: PreemptionWatcher | None = None
+    ) -> list[Generated]:
         timeout = min(a.job.timeout or self.settings.job_timeout_s for a in batch)
         payloads = [a.payload for a in batch]
         log.info("running batch of %d job(s), %d image(s)", len(batch), sum(p.n for p in payloads))
@@ -264,6 +280,8 @@ class SfumatoWorker(SimpleWorker):
             # is canceled does the denoising itself stop.
             if self._complete_newly_canceled(batch, watcher) and watcher.all_canceled():
                 raise BatchCanceled()
+            if preemption is not None and preemption.due():
+                raise Preempted()
             progress.step(done, total)
 
         try:
@@ -292,6 +310,57 @@ class SfumatoWorker(SimpleWorker):
                 # the re-run writes the same keys, so the client still sees one result.
                 self.executions.pop(active.execution.id, None)
                 log.error("could not complete job %s (%s); it will be re-queued", active.job.id, exc)
+
+    # --- preemption ----------------------------------------------------------------------
+    def _preemption_watcher(self, batch: list[ActiveJob]) -> PreemptionWatcher | None:
+        """A watcher for ``batch`` if a queued interactive job may stop it: preemption is on
+        (SFUMATO_PREEMPT), this worker reads the interactive queue, every job is of a lower
+        class, and none was preempted before (the bound that keeps bulk work from livelocking).
+
+        Nor when interactive jobs were already waiting as its leader was taken: then the
+        schedule chose this batch on purpose, as a lower class's guaranteed turn
+        (SFUMATO_PRIORITY_SHARE), and stopping it would take that turn away.
+        """
+        interactive = self.class_queues.get(PREEMPTING_CLASS)
+        if not self.settings.preempt or interactive is None or self._leader_passed_over_interactive:
+            return None
+        if any(priority_of_queue(a.queue.name) == PREEMPTING_CLASS for a in batch):
+            return None
+        if any(a.job.meta.get(META_PREEMPTED) for a in batch):
+            return None
+        return PreemptionWatcher(self.connection, interactive.key)
+
+    def _requeue_preempted(self, batch: list[ActiveJob]) -> None:
+        """Put a preempted batch's jobs back at the head of their own class queues, in one
+        transaction: each leaves the started registry and its execution as a finished job
+        would, and is queued again as RQ's retry queues it, but without using an attempt and
+        without a failure record. ``preempted`` in its meta keeps it from being preempted again.
+        The interactive job is then the next leader (the schedule puts the highest class first).
+        """
+        if not batch:
+            return
+        with self.connection.pipeline() as pipe:
+            # LPUSH one at a time: the last pushed is the head, so push the batch back to front.
+            for active in reversed(batch):
+                job = active.job
+                job.meta[META_PREEMPTED] = True
+                self.cleanup_execution(job, pipeline=pipe, execution=active.execution)
+                job.started_at = None
+                job.worker_name = None
+                active.queue._enqueue_job(job, pipeline=pipe, at_front=True)
+            for key in {active.queue.key for active in batch}:  # wake idle workers, as an enqueue does
+                wake = wake_key(key)
+                pipe.rpush(wake, "1")
+                pipe.ltrim(wake, -WAKE_CAP, -1)
+                pipe.expire(wake, 600)
+            pipe.execute()
+        batch_preempted(self.engine.spec.id)
+        ids = [active.job.id for active in batch]
+        log.info(
+            "batch of %d job(s) preempted by a queued interactive job; re-queued at the head of their queues",
+            len(batch),
+            extra={"event": "batch_preempted", "job_ids": ids},
+        )
 
     # --- completion ----------------------------------------------------------------------
     def _complete(self, active: ActiveJob, outcome: JobOutcome) -> None:
@@ -340,6 +409,38 @@ class SfumatoWorker(SimpleWorker):
 
 class BatchCanceled(Exception):
     """Raised from the step callback when every job of the batch was canceled."""
+
+
+class Preempted(BaseException):
+    """Raised from the step callback to stop a batch of bulk jobs for a queued interactive job.
+
+    A BaseException, like KeyboardInterrupt, on purpose: it is a control-flow signal, not a
+    failure, so it passes through every ``except Exception`` between the step callback and the
+    runner (the engine's error translation, batch isolation, ``generate_batch``'s per-job
+    errors) and nothing logs, counts or bisects it as a failed batch.
+    """
+
+
+class PreemptionWatcher:
+    """Sees a queued job on the model's interactive queue, with one LLEN at most every 100 ms."""
+
+    def __init__(self, connection: Any, queue_key: str, interval_s: float = 0.1) -> None:
+        self.connection = connection
+        self.queue_key = queue_key
+        self.interval_s = interval_s
+        self._next = 0.0
+
+    def due(self) -> bool:
+        """True when an interactive job waits (checked at most once per interval)."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.interval_s
+        try:
+            return int(self.connection.llen(self.queue_key)) > 0
+        except Exception as exc:  # never fail a batch because the check could not run
+            log.warning("preemption check failed: %s", exc)
+            return False
 
 
 class CancelWatcher:
