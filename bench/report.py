@@ -20,9 +20,12 @@ import argparse
 import json
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -197,6 +200,79 @@ def priorities_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def drift_all_table(data: dict[str, Any]) -> str:
+    """Alone versus co-batched, per built-in model and scheduler (bench/drift_all.py): the worst
+    over txt2img, img2img, inpaint, every position in the batch and every partner prompt."""
+    by = data["by_model_and_scheduler"]
+    models = list(by)
+    schedulers = [s for s in SCHEDULER_DISPLAY_NAMES if any(s in by[m] for m in models)]
+    steps = sorted({c["steps"] for c in data["cases"]})
+    sizes = ", ".join(f"{m} {s} px" for m, s in dict.fromkeys((c["model"], c["size"]) for c in data["cases"]))
+    bound = data["bound"]
+    lines = [
+        f"{data['dtype']} on {data['device']} ({data['machine']['cpus']} threads), {'/'.join(map(str, steps))} steps, "
+        f"{sizes}; measured {data['measured_at']} (`{data['command']}`). Each cell: max float |diff|, "
+        "max 8-bit levels, share of 8-bit values changed.",
+        "",
+        "| scheduler | " + " | ".join(models) + " |",
+        "| --- | " + " | ".join("---" for _ in models) + " |",
+    ]
+    for scheduler in schedulers:
+        cells = []
+        for model in models:
+            r = by[model].get(scheduler)
+            cells.append(
+                "-"
+                if r is None
+                else f"{r['max_abs_float']:.1e}, {r['max_8bit_levels']}, "
+                f"{r['share_of_8bit_values_changed'] * 100:.2g}%" + ("" if r["within_bound"] else " (over)")
+            )
+        lines.append(f"| {scheduler} | " + " | ".join(cells) + " |")
+    verdict = "every case is" if data["all_within_bound"] else "NOT every case is"
+    counts = "; ".join(
+        f"{model}: "
+        + ", ".join(
+            f"{mode} {n}" for mode, n in Counter(c["mode"] for c in data["cases"] if c["model"] == model).items()
+        )
+        for model in models
+    )
+    lines += ["", f"Cases measured (model: mode and number of schedulers): {counts}."]
+    multi = [p for c in data["cases"] for p in c["positions"] if "2 images" in p["request"]]
+    if multi:
+        lines += [
+            "",
+            f"Requests of 2 images, alone vs co-batched, over all {len(multi)} comparisons: max |diff| "
+            f"{max(p['max_abs_float'] for p in multi):.1e}, {max(p['max_8bit_levels'] for p in multi)} levels.",
+        ]
+    lines += [
+        "",
+        f"Documented bound: max |diff| <= {bound['max_abs_float']:g}, at most {bound['max_8bit_levels']} level on "
+        f"at most {bound['share_of_8bit_values_changed'] * 100:g}% of values; {verdict} within it.",
+    ]
+    return "\n".join(lines)
+
+
+def prompt_encoding_table(data: dict[str, Any]) -> str:
+    """Chunked and weighted prompts versus plain ones (bench/prompt_encoding.py)."""
+    lines = [
+        f"{data['text_encoder']}, {data['dtype']} on {data['device']} ({data['threads']} threads, load average "
+        f"{data.get('load_average', ['?'])[0]} on {data.get('cpus', '?')} CPUs: absolute times scale with the load, "
+        "compare the rows), measured "
+        f"{data['measured_at']} (`{data['command']}`). Encode time is per request on a cache miss; the hit "
+        "rate is over a stream of requests that repeats prompts (and writes each once more with `(word:1.0)`).",
+        "",
+        "| prompt | chunks | encode ms (median) | encode ms (p90) | cache hit rate | cache entry KiB |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in data["cases"]:
+        lines.append(
+            f"| {row['case']} | {row['chunks']} | {row['encode_ms_median']} | {row['encode_ms_p90']} | "
+            f"{_pct(row['cache_hit_rate'])} ({row['requests']} requests, {row['cache_entries']} entries) | "
+            f"{row['entry_kib']} |"
+        )
+    return "\n".join(lines)
+
+
 #: Table name (as a page's marker writes it) -> (result file, how to render it).
 SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "batching-tiny": ("batching-tiny.json", batching_table),
@@ -206,6 +282,8 @@ SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "shapes": ("shapes.json", shapes_table),
     "body-memory": ("body-memory.json", body_memory_table),
     "priorities": ("priorities.json", priorities_table),
+    "drift-all": ("drift-all.json", drift_all_table),
+    "prompt-encoding": ("prompt-encoding.json", prompt_encoding_table),
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from core.checkpoints import detect, is_single_file, read_header, served_family
 from core.config import Settings
 from core.errors import ModelUnavailable, UnknownChoice
 from core.priority import DEFAULT_PRIORITY, PriorityClass
@@ -68,16 +69,28 @@ class ModelSpec:
     refiner: str | None = None
     sizes: tuple[tuple[int, int], ...] = ()
     lora_dir: str | None = None
+    #: The folder of A1111-style embeddings (each ``<token>.safetensors``); None: the default
+    #: ``<data_dir>/embeddings/<id>`` (worker/pipelines/embeddings.py ``embeddings_folder``).
+    embeddings_dir: str | None = None
     #: The model's own smallest side, when below SFUMATO_MIN_SIZE (the built-in shapes model
     #: draws at 32 px); None: SFUMATO_MIN_SIZE.
     min_size: int | None = None
     prompt_guide: PromptGuide | None = None
+    #: Single-file checkpoints (core/checkpoints.py): a diffusers config folder replacing the one
+    #: shipped for the detected family; a VAE (file or folder) replacing the model's; the
+    #: prediction type when the file's own marker or the family default is wrong. Paths absolute.
+    config: str | None = None
+    vae: str | None = None
+    prediction_type: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
         data = asdict(self)
         data.pop("source")
         data.pop("lora_dir")
+        data.pop("embeddings_dir")  # a local path
+        for local in ("config", "vae", "prediction_type"):  # server-side loading details
+            data.pop(local)
         data["sizes"] = [list(size) for size in self.sizes]
         data["modes"] = list(self.modes)
         data["embeddings"] = [e.token for e in self.embeddings]
@@ -107,12 +120,12 @@ def _spec_for(settings: Settings) -> ModelSpec:
         return ModelSpec(
             id=settings.resolved_model_id, source="shapes", family="sd1", prompt_guide=SHAPES_PROMPT_GUIDE, **limits
         )
-    if settings.model == "tiny-sdxl" or is_sdxl_folder(settings.model):
+    if settings.model == "tiny-sdxl" or is_sdxl_folder(settings.model) or _checkpoint_family(settings.model) == "sdxl":
         return _sdxl_spec_for(settings)
     return ModelSpec(
         id=settings.resolved_model_id,
         source=settings.model,
-        family="sd1",
+        family=_checkpoint_family(settings.model) or "sd1",
         default_width=512,
         default_height=512,
         max_size=settings.max_size,
@@ -133,6 +146,17 @@ SHAPES_DEFAULTS: dict[str, Any] = {
     "default_scheduler": "ddim",
     "default_guidance": 3.0,  # measured best for this model (bench/results/shapes.json); 7 oversaturates
 }
+
+
+def _checkpoint_family(source: str) -> Literal["sd1", "sd2", "sdxl"] | None:
+    """The family of a single-file ``SFUMATO_MODEL`` from its header; None for anything else or
+    an unreadable file (the worker then stops at start-up naming what is wrong with it)."""
+    if not is_single_file(source):
+        return None
+    try:
+        return served_family(detect(read_header(Path(source).expanduser())))
+    except ValueError:
+        return None
 
 
 def is_sdxl_folder(source: str) -> bool:
@@ -218,8 +242,12 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
             ControlNetSpec(c.name, resolve_source(c.source, base), c.preprocess) for c in entry.controlnets
         ),
         refiner=None if entry.refiner is None else resolve_source(entry.refiner, base),
+        config=None if entry.config is None else resolve_path(entry.config, base),
+        vae=None if entry.vae is None else resolve_path(entry.vae, base),
+        prediction_type=entry.prediction_type,
         sizes=sizes,
         lora_dir=None if entry.lora_dir is None else resolve_path(entry.lora_dir, base),
+        embeddings_dir=None if entry.embeddings_dir is None else resolve_path(entry.embeddings_dir, base),
         min_size=SHAPES_DEFAULTS["min_size"] if entry.source == "shapes" else None,
         prompt_guide=SHAPES_PROMPT_GUIDE if entry.source == "shapes" else None,
     )

@@ -19,7 +19,12 @@ Shape (every key but ``id``, ``source`` and ``family`` is optional)::
     default_scheduler = "dpmpp_2m_karras"
     default_guidance = 7.0
     lora_dir = "./loras/sd1"           # default: SFUMATO_LORA_DIR
+    embeddings_dir = "./embeddings/sd1"  # every .safetensors here is a token (its file name), as in A1111
+                                       # default: <SFUMATO_DATA_DIR>/embeddings/<id>
     refiner = "./models/sdxl-refiner"  # SDXL only
+    config = "./configs/my-arch"       # a single-file source's diffusers config folder (default: by family)
+    vae = "./vae/ft-mse.safetensors"   # replaces the model's VAE: a single file or a diffusers folder
+    prediction_type = "v_prediction"   # epsilon | v_prediction: overrides what the file suggests
     [[models.embeddings]]
     token = "<ink-style>"
     path = "./embeddings/ink.safetensors"
@@ -30,7 +35,9 @@ Shape (every key but ``id``, ``source`` and ``family`` is optional)::
 
 Paths: a value starting with ``/``, ``./``, ``../`` or ``~`` is a local path, and relative ones
 resolve against the file's folder. Any other ``source``/``refiner`` is a Hugging Face hub id
-(``owner/name``). A fine-tuned or DreamBooth checkpoint is just a diffusers folder.
+(``owner/name``). ``source`` and ``refiner`` may also be a single ``.safetensors`` checkpoint in
+the original (CompVis / A1111) layout; its family is detected from its keys (core/checkpoints.py)
+and must agree with ``family``.
 """
 
 from __future__ import annotations
@@ -56,8 +63,9 @@ _SIZE = Annotated[int, Field(ge=8, le=16384)]
 
 
 def is_local_path(value: str) -> bool:
-    """Whether a registry ``source``/``refiner`` names a local folder rather than a hub id."""
-    return value.startswith(_PATH_PREFIXES) or value in (".", "..")
+    """Whether a registry ``source``/``refiner`` names a local folder or file rather than a hub id
+    (a single-file checkpoint, ``*.safetensors``, is always local)."""
+    return value.startswith(_PATH_PREFIXES) or value in (".", "..") or value.lower().endswith(".safetensors")
 
 
 def resolve_path(value: str, base: Path) -> str:
@@ -110,7 +118,11 @@ class ModelEntry(_Strict):
     default_scheduler: str | None = None
     default_guidance: float | None = Field(default=None, ge=0, le=100)
     lora_dir: str | None = Field(default=None, min_length=1)
+    embeddings_dir: str | None = Field(default=None, min_length=1)
     refiner: str | None = Field(default=None, min_length=1)
+    config: str | None = Field(default=None, min_length=1)
+    vae: str | None = Field(default=None, min_length=1)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
     embeddings: list[EmbeddingEntry] = Field(default_factory=list)
     controlnets: list[ControlNetEntry] = Field(default_factory=list)
 
@@ -149,6 +161,13 @@ class ModelEntry(_Strict):
             raise ValueError(f"source 'tiny-sdxl' is the built-in tiny SDXL: its family is 'sdxl', not {self.family!r}")
         if self.refiner is not None and self.family != "sdxl":
             raise ValueError(f"refiner: only SDXL models take a refiner (family is {self.family!r})")
+        if self.config is not None and not is_local_path(self.config):
+            raise ValueError(f"config: {self.config!r} must be a local folder path (starting with /, ./, ../ or ~)")
+        if self.vae is not None and not is_local_path(self.vae):
+            raise ValueError(f"vae: {self.vae!r} must be a local path (a .safetensors file or a diffusers folder)")
+        for name, value in (("source", self.source), ("refiner", self.refiner), ("vae", self.vae)):
+            if value is not None and value.lower().endswith((".ckpt", ".pt", ".pth", ".bin")):
+                raise ValueError(f"{name}: {value!r} is a pickle checkpoint; only .safetensors files are loaded")
         _unique([e.token for e in self.embeddings], "embeddings", "token")
         _unique([c.name for c in self.controlnets], "controlnets", "name")
         return self

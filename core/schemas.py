@@ -160,6 +160,7 @@ class JobPayload(BaseModel):
     tenant: str
     model: str
     mode: Mode
+    #: What the text encoder reads: the request's prompt without its ``<lora:>`` tags.
     prompt: str
     negative_prompt: str
     width: int
@@ -185,6 +186,10 @@ class JobPayload(BaseModel):
     controlnet: tuple[ControlNetJob, ...] = ()
     #: Normalised by core.validation: switch_at rounded (None: no refiner).
     refiner: RefinerSettings | None = None
+    #: The prompt as the client wrote it when it differs from ``prompt`` (it had ``<lora:>``
+    #: tags, core/lora_tags.py): the image's infotext shows this. None (left out of the queue
+    #: JSON, so older workers take the job) when the prompt had no tag.
+    prompt_as_written: str | None = None
     #: The class whose queue the job is on (core/priority.py). Left out of the queue JSON when
     #: ``standard`` (core.jobs.wire_payload), so workers from before priorities take the job.
     priority: PriorityClass = DEFAULT_PRIORITY

@@ -11,8 +11,10 @@ import secrets
 from core.config import Settings
 from core.controlnets import normalize_controlnets
 from core.errors import InvalidRequest, UnknownChoice
-from core.loras import available_loras
+from core.lora_tags import merge_lora_tags
+from core.loras import FORMAT_NAMES, REFUSED_FORMATS, available_loras, lora_format, lora_path
 from core.models import ModelSpec, resolve_model
+from core.prompt_syntax import check_prompt
 from core.scheduler_names import canonical_scheduler
 from core.schemas import MAX_SEED, ImageRequest, JobPayload, LoraWeight, Mode, RefinerSettings
 from core.uploads import inspect_upload
@@ -77,30 +79,46 @@ def _valid_loras_text(offered: list[str]) -> str:
 
 
 def normalize_loras(
-    requested: list[LoraWeight], settings: Settings, spec: ModelSpec | None = None
+    requested: list[LoraWeight], settings: Settings, spec: ModelSpec | None = None, *, from_field: int | None = None
 ) -> tuple[LoraWeight, ...]:
     """Check the requested LoRAs and return the canonical set: sorted by name, scales rounded
     to :data:`LORA_SCALE_DECIMALS`, scale-0 entries dropped (a LoRA at 0 is the base model, so
     such a request batches with plain ones). Unknown names list the valid ones of ``spec``'s
-    LoRA folder (per model: see core/loras.py)."""
+    LoRA folder (per model: see core/loras.py).
+
+    Entries past the first ``from_field`` (default: all) came from ``<lora:>`` tags of the
+    prompt (core/lora_tags.py): a refusal of one of those names ``prompt``."""
     if not requested:
         return ()
-    _check_max("loras", len(requested), settings.max_loras, what="number of loras")
+    from_field = len(requested) if from_field is None else from_field
+    count_param = "loras" if from_field == len(requested) else "prompt"
+    _check_max(count_param, len(requested), settings.max_loras, what="number of loras (field and <lora:> tags)")
     offered = available_loras(settings, spec)
     seen: set[str] = set()
     kept: list[LoraWeight] = []
     for i, lora in enumerate(requested):
+        tagged = i >= from_field
+        where = f"<lora:{lora.name}> tag of prompt" if tagged else f"loras[{i}]"
         if lora.name not in offered:
             valid = _valid_loras_text(offered)
-            raise UnknownChoice(f"unknown LoRA {lora.name!r}; valid LoRAs: {valid}", param=f"loras[{i}].name")
+            raise UnknownChoice(
+                f"unknown LoRA {lora.name!r}{' in a <lora:> tag' if tagged else ''}; valid LoRAs: {valid}",
+                param="prompt" if tagged else f"loras[{i}].name",
+            )
         if lora.name in seen:
             raise InvalidRequest(f"LoRA {lora.name!r} is listed twice; give it once", param=f"loras[{i}].name")
+        fmt = lora_format(lora_path(settings, lora.name, spec))
+        if fmt in REFUSED_FORMATS:
+            raise InvalidRequest(
+                f"LoRA {lora.name!r} is in the {FORMAT_NAMES[fmt]} format, which this server cannot load; "
+                "LoRA files in the kohya/A1111 (LoCon included), diffusers or peft layout work",
+                param="prompt" if tagged else f"loras[{i}].name",
+            )
         seen.add(lora.name)
         if not settings.lora_min_scale <= lora.scale <= settings.lora_max_scale:
             raise InvalidRequest(
-                f"loras[{i}].scale is {lora.scale}; allowed range is "
-                f"{settings.lora_min_scale}..{settings.lora_max_scale}",
-                param=f"loras[{i}].scale",
+                f"{where} scale is {lora.scale}; allowed range is {settings.lora_min_scale}..{settings.lora_max_scale}",
+                param="prompt" if tagged else f"loras[{i}].scale",
             )
         scale = round(lora.scale, LORA_SCALE_DECIMALS)
         if scale != 0:
@@ -168,7 +186,12 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         )
     _check_max("clip_skip", request.clip_skip, settings.max_clip_skip)
     _check_uploads(request, settings)
-    loras = normalize_loras(request.loras, settings, spec)
+    # <lora:name:scale> tags select LoRAs like the loras field and leave the text (A1111).
+    prompt, requested_loras, from_field = merge_lora_tags(request.prompt, request.negative_prompt, request.loras)
+    loras = normalize_loras(requested_loras, settings, spec, from_field=from_field)
+    # A1111 attention syntax and long prompts: malformed weights, certainly too many chunks.
+    check_prompt("prompt", prompt, settings.max_prompt_chunks)
+    check_prompt("negative_prompt", request.negative_prompt, settings.max_prompt_chunks)
     controlnet = normalize_controlnets(request.controlnet, spec, settings)
     refiner = normalize_refiner(request, spec, mode, steps)
     strength = None if mode == "txt2img" else (request.strength if request.strength is not None else 0.75)
@@ -186,7 +209,9 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         tenant=tenant,
         model=spec.id,
         mode=mode,
-        prompt=request.prompt,
+        prompt=prompt,
+        # The prompt as written (tags included) for the image's infotext; None when the same.
+        prompt_as_written=None if prompt == request.prompt else request.prompt,
         negative_prompt=request.negative_prompt,
         width=width,
         height=height,

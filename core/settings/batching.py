@@ -50,6 +50,13 @@ class BatchingSettings(SettingsGroup):
         "the model), re-run its jobs in halves so only a job that fails alone fails; the others get the images "
         "they would have had alone. Counted in `sfumato_batch_isolations_total`. Off: the whole batch fails.",
     )
+    preempt: bool = Field(
+        default=True,
+        description="While a batch of only standard/batch-class jobs runs and an interactive job is queued for "
+        "the model, stop the batch at its next denoising step (checked at most every 100 ms) and put its jobs "
+        "back at the head of their queues, without using a retry; the interactive job runs next. A job is "
+        "preempted at most once, so bulk work always finishes. Counted in `sfumato_batch_preemptions_total`.",
+    )
     upload_stage_depth: int = Field(
         default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."
     )

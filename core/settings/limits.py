@@ -28,6 +28,15 @@ class RequestLimits(SettingsGroup):
     min_guidance: float = Field(default=0.0, description="Smallest `guidance_scale`.")
     max_guidance: float = Field(default=30.0, description="Largest `guidance_scale`.")
     max_clip_skip: int = Field(default=4, ge=0, description="Largest `clip_skip`.")
+    max_prompt_chunks: int = Field(
+        default=8,
+        ge=1,
+        description=(
+            "Most 75-token chunks a prompt / negative prompt may encode to (A1111-style long prompts; "
+            "`BREAK` starts a chunk). The API refuses prompts certainly over it; the worker fails a job "
+            "whose exact count (model tokenizer) is over it."
+        ),
+    )
     max_upload_bytes: int = Field(
         default=8 * 1024 * 1024, ge=1024, description="Largest decoded upload (init image, mask, control image)."
     )

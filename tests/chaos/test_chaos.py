@@ -57,7 +57,7 @@ def test_sigterm_during_a_batch_abandons_nothing_and_sigkill_without_retries_doe
     assert control["not_succeeded_by_code"].get("worker_lost", 0) > 0, control
 
 
-def test_a_poisoned_input_fails_only_its_own_job_and_the_control_without_isolation_fails_others(
+def test_a_poisoned_input_fails_only_its_own_job(
     tmp_path: Path,
 ) -> None:
     protected = harness.scenario_poisoned_input(harness.new_workdir(tmp_path, "poison"), jobs=16, poisoned=3)
@@ -65,8 +65,7 @@ def test_a_poisoned_input_fails_only_its_own_job_and_the_control_without_isolati
     assert protected["failed_by_another_input"] == 0, protected
     assert protected["poisoned_failed"] == protected["poisoned"], protected
     assert protected["succeeded_in_a_poisoned_batch"] > 0, protected  # they did share batches
-    control = harness.scenario_poisoned_input(
-        harness.new_workdir(tmp_path, "poison-ctl"), jobs=16, poisoned=3, isolation=False
-    )
-    assert_nothing_lost(control)
-    assert control["failed_by_another_input"] > 0, control
+    # No control run here: since prompts are tokenized per job while a batch is prepared
+    # (issue 19), this input fails alone even with SFUMATO_BATCH_ISOLATION=false. The control
+    # figures in bench/results/chaos.json were measured before that; the bisection that protects
+    # against inputs no check foresees is tested in tests/integration/test_batch_isolation.py.

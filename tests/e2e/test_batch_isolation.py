@@ -132,8 +132,10 @@ def test_a_poisoned_job_fails_alone_and_the_other_tenants_jobs_in_its_batch_succ
                 assert int(diff.max()) <= 1 and float((diff > 0).mean()) <= 0.001
 
         metrics = f"http://127.0.0.1:{metrics_port}/metrics"
-        assert _metric(metrics, "sfumato_batch_isolations_total") == 1
-        assert _metric(metrics, "sfumato_jobs_failed_alone_total") == 1
+        # The worker refuses this input while preparing the job (counting its prompt's chunks
+        # tokenizes it), before the batch's pipeline call: nothing needed re-running. The
+        # bisection itself is tested with fault injection in tests/integration/test_batch_isolation.py.
+        assert _metric(metrics, "sfumato_batch_isolations_total") == 0
     finally:
         if worker is not None:
             worker.stop()

@@ -7,22 +7,40 @@ import io
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import redis
 from PIL import Image
+from safetensors.torch import save_file
 
 from devstack.net import free_port
 from tests.support.env import s3_env, service_env
 from tests.support.keys import bearer, env_key
+from tests.support.kohya import to_kohya
 from tests.support.lora import make_lora
 from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
+from worker.builtin.tiny import build_tiny_pipeline
 
 pytestmark = pytest.mark.timeout(600)
 
 LORA = "ink-wash"
+KOHYA = "ink-wash-kohya"  # the same LoRA in the kohya / A1111 layout (lora_unet_*, lora_te_*, alphas)
+
+
+EMBEDDING = "ink-style"  # a file in the default embeddings folder, data_dir/embeddings/<model>
+
+
+def _embedding_like_a_word(path: Path, word: str) -> None:
+    """An embedding whose vector is the tiny text encoder's own vector for the one-token
+    ``word``: a prompt with the embedding's token must then draw exactly what ``word`` draws."""
+    pipe = build_tiny_pipeline()
+    (token_id,) = pipe.tokenizer(word, add_special_tokens=False).input_ids
+    vector = pipe.text_encoder.get_input_embeddings().weight[token_id].detach().clone()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"emb_params": vector[None]}, str(path))  # the A1111 layout
 
 
 @dataclass
@@ -43,7 +61,9 @@ class LoraStack:
 @pytest.fixture(scope="module")
 def stack(redis_server, seaweed, tmp_path_factory) -> Iterator[LoraStack]:
     tmp = tmp_path_factory.mktemp("e2e-lora")
-    make_lora(tmp / "loras", LORA, seed=3, text_encoder=True)
+    source = make_lora(tmp / "loras", LORA, seed=3, text_encoder=True)
+    to_kohya(source, tmp / "loras" / f"{KOHYA}.safetensors", alpha=2.0)
+    _embedding_like_a_word(tmp / "data" / "embeddings" / "tiny" / f"{EMBEDDING}.safetensors", "x")
     env = {
         **service_env(redis_server.url, tmp, "e2e-lora", SFUMATO_TORCH_THREADS="2"),
         **s3_env(seaweed, f"e2e-lora-{secrets.token_hex(4)}"),
@@ -65,16 +85,20 @@ def stack(redis_server, seaweed, tmp_path_factory) -> Iterator[LoraStack]:
         api.stop()
 
 
-def _pixels(job: dict) -> np.ndarray:
+def _png(job: dict) -> Image.Image:
     resp = httpx.get(job["images"][0]["url"], timeout=10)
     assert resp.status_code == 200
-    return np.asarray(Image.open(io.BytesIO(resp.content)).convert("RGB"))
+    return Image.open(io.BytesIO(resp.content))
+
+
+def _pixels(job: dict) -> np.ndarray:
+    return np.asarray(_png(job).convert("RGB"))
 
 
 def test_models_list_the_loras_and_their_limits(stack: LoraStack) -> None:
     body = stack.client.get("/v1/models").json()
     (model,) = body["data"]
-    assert model["loras"] == [LORA]
+    assert model["loras"] == sorted([LORA, KOHYA])
     assert body["limits"]["max_loras"] == 4 and body["limits"]["lora_scale"] == [-2.0, 2.0]
 
 
@@ -102,3 +126,33 @@ def test_an_unknown_lora_is_a_422_listing_the_valid_ones_and_nothing_is_enqueued
     assert LORA in error["message"] and "no-such-lora" in error["message"]
     assert stack.redis.llen(stack.queue_key) == queued
     assert len(stack.client.get("/v1/images").json()["data"]) == jobs  # no job was created either
+
+
+def test_a_lora_tag_in_the_prompt_is_the_loras_field_and_the_infotext_keeps_it(stack: LoraStack) -> None:
+    request = {"seed": 22, "steps": 6}
+    field = stack.generate({**request, "prompt": "a lighthouse , at dusk", "loras": [{"name": LORA, "scale": 0.9}]})
+    written = f"a lighthouse <lora:{LORA}:0.9>, at dusk"
+    tagged = stack.generate({**request, "prompt": written})
+    assert np.array_equal(_pixels(tagged), _pixels(field))  # same LoRA, same text after the cut
+    plain = stack.generate({**request, "prompt": "a lighthouse , at dusk"})
+    assert not np.array_equal(_pixels(plain), _pixels(field))
+    infotext = _png(tagged).text["parameters"]  # type: ignore[attr-defined]
+    assert infotext.splitlines()[0] == written  # the prompt as written, the tag where it was
+    resp = stack.client.post("/v1/images", json={"prompt": "x <lora:no-such-lora:0.5>"})
+    assert resp.status_code == 422 and resp.json()["error"]["param"] == "prompt"
+
+
+def test_a_kohya_lora_gives_the_image_of_its_diffusers_source(stack: LoraStack) -> None:
+    request = {"prompt": "a lighthouse at dusk", "seed": 23, "steps": 6}
+    diffusers = _pixels(stack.generate({**request, "loras": [{"name": LORA, "scale": 0.7}]}))
+    kohya = _pixels(stack.generate({**request, "prompt": f"a lighthouse at dusk<lora:{KOHYA}:0.7>"}))
+    # alpha / rank = 0.5 in the kohya file, compensated in its up matrices: the same delta.
+    assert int(np.abs(kohya.astype(int) - diffusers.astype(int)).max()) <= 1
+    assert not np.array_equal(kohya, _pixels(stack.generate(request)))
+
+
+def test_a_file_in_the_embeddings_folder_is_a_prompt_token_named_after_it(stack: LoraStack) -> None:
+    request = {"seed": 24, "steps": 6}
+    with_token = _pixels(stack.generate({**request, "prompt": f"a lighthouse {EMBEDDING}"}))
+    assert np.array_equal(with_token, _pixels(stack.generate({**request, "prompt": "a lighthouse x"})))
+    assert not np.array_equal(with_token, _pixels(stack.generate({**request, "prompt": "a lighthouse"})))

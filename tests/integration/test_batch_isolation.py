@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from core.schemas import JobPayload
 from tests.conftest import SettingsFactory
 from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.engine import payload
 from worker.pipelines.engine import Engine
+from worker.pipelines.types import PreparedJob
 from worker.runtime import metrics as worker_metrics
 from worker.runtime.execute import generate_batch
 
@@ -37,10 +39,25 @@ def registry(make_settings: SettingsFactory) -> Iterator[CollectorRegistry]:
         worker_metrics.uninstall()
 
 
+@pytest.fixture
+def unchecked_prepare(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: let the poisoned input past the per-job checks of ``Engine.prepare``
+    (which since issue 19 tokenizes each prompt to count its chunks, and so refuses this input
+    on its own), as an input that no check foresees would get past, so it reaches the batch's
+    pipeline call and the bisection is what has to protect its partners."""
+    checked = engine.prepare
+
+    def prepare(job: JobPayload) -> PreparedJob:
+        return PreparedJob(job) if POISON in job.negative_prompt else checked(job)
+
+    monkeypatch.setattr(engine, "prepare", prepare)
+
+
 def _count(registry: CollectorRegistry, name: str) -> float:
     return registry.get_sample_value(name, {"model": "tiny"}) or 0.0
 
 
+@pytest.mark.usefixtures("unchecked_prepare")
 def test_a_poisoned_job_fails_alone_and_its_partners_get_their_solo_images(
     engine: Engine, registry: CollectorRegistry
 ) -> None:
@@ -68,6 +85,7 @@ def test_a_poisoned_job_fails_alone_and_its_partners_get_their_solo_images(
     assert _count(registry, "sfumato_jobs_failed_alone_total") == 1
 
 
+@pytest.mark.usefixtures("unchecked_prepare")
 def test_a_batch_where_every_job_is_poisoned_fails_each_with_its_own_error(
     engine: Engine, registry: CollectorRegistry
 ) -> None:
@@ -77,6 +95,18 @@ def test_a_batch_where_every_job_is_poisoned_fails_each_with_its_own_error(
     assert _count(registry, "sfumato_jobs_failed_alone_total") == 3
     (after,) = generate_batch(engine, [payload(job_id="after")])  # the engine is fine afterwards
     assert after.error is None and after.images is not None
+
+
+def test_preparing_refuses_the_poisoned_job_before_the_batch_runs(engine: Engine, registry: CollectorRegistry) -> None:
+    """Without fault injection the worker refuses this input while preparing the job (counting
+    its prompt's chunks tokenizes it): it fails alone and nothing needs re-running."""
+    jobs = [payload(job_id="a", prompt="a red fox", seed=1), payload(job_id="poisoned", negative_prompt=POISON, seed=2)]
+    generated = generate_batch(engine, jobs)
+    assert generated[0].error is None and generated[0].images is not None
+    assert generated[1].images is None and generated[1].error is not None
+    assert generated[1].error["code"] == "generation_failed"
+    assert np.array_equal(engine.generate_arrays([jobs[0]])[0], generated[0].images)  # it ran alone
+    assert _count(registry, "sfumato_batch_isolations_total") == 0
 
 
 class Canceled(Exception):

@@ -31,12 +31,21 @@ def _perturb(module: torch.nn.Module, generator: torch.Generator, amplitude: flo
 
 
 def make_lora(
-    folder: Path, name: str, seed: int, *, text_encoder: bool = False, rank: int = 4, amplitude: float = 0.1
+    folder: Path,
+    name: str,
+    seed: int,
+    *,
+    text_encoder: bool = False,
+    rank: int = 4,
+    amplitude: float = 0.1,
+    unet_targets: list[str] | None = None,
 ) -> Path:
     """Write ``folder/<name>.safetensors``, a LoRA for the tiny model; returns its path.
 
     Deterministic in ``seed``. With ``text_encoder`` it also adapts the text encoder (so it
-    changes prompt embeddings, which the prompt cache must then key on).
+    changes prompt embeddings, which the prompt cache must then key on). ``unet_targets``
+    replaces the attention projections adapted by default (e.g. ``conv1``/``conv2`` for a
+    LoRA on convolutions, what LyCORIS calls LoCon).
 
     ``amplitude`` 0.1 makes the weight delta small next to the base weights, as in a trained
     LoRA, yet moves pixels by up to ~0.1-0.3 at scale 1. Measured: at 0.3 the delta is as large
@@ -47,7 +56,9 @@ def make_lora(
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         pipe = build_tiny_pipeline()
-    pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=UNET_TARGETS, init_lora_weights=True))
+    pipe.unet.add_adapter(
+        LoraConfig(r=rank, lora_alpha=rank, target_modules=unet_targets or UNET_TARGETS, init_lora_weights=True)
+    )
     _perturb(pipe.unet, generator, amplitude)
     unet_layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
     text_layers: Any = None

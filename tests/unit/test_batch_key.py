@@ -47,6 +47,7 @@ PER_JOB: dict[str, Any] = {
     "deadline_at": 2100.0,
     "preview": True,  # previews are made from the batch's latents per job, after the call
     "priority": "batch",  # which queue a job waits in; batches combine classes (core/priority.py)
+    "prompt_as_written": "a blue bicycle <lora:film-grain:0.8>",  # only the PNG infotext reads it
 }
 
 #: One value per pipeline call.

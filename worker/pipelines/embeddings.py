@@ -13,11 +13,18 @@ never opened). Accepted layouts:
   vector}``, any key), or with ``emb_params`` (the A1111 safetensors layout); shape ``(dim,)``
   or ``(vectors, dim)`` (multi-vector embeddings use ``token token_1 ...`` internally).
 - SDXL (two text encoders): ``clip_l`` (first encoder) and ``clip_g`` (second encoder).
+
+Besides the registry's ``embeddings`` list, every ``.safetensors`` file in the model's
+embeddings folder (registry ``embeddings_dir``, default ``<data_dir>/embeddings/<model id>``)
+is loaded with its file name as the token, as A1111 does (``easynegative.safetensors`` ->
+``easynegative``). Files whose name is not one prompt word (whitespace) are skipped with a
+warning; other files (``.pt``, ``.bin``: pickle) are never opened.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from core.config import Settings
 from core.errors import ModelUnavailable
-from core.models import EmbeddingSpec
+from core.models import EmbeddingSpec, ModelSpec
+from core.registry import TOKEN_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +76,39 @@ def _read(spec: EmbeddingSpec, where: str) -> dict[str, torch.Tensor]:
         raise ModelUnavailable(f"{where}: {path} is not a readable safetensors file ({type(exc).__name__})") from exc
 
 
-def load_embeddings(pipe: Any, model_id: str, embeddings: Sequence[EmbeddingSpec]) -> tuple[str, ...]:
-    """Add each embedding's token to ``pipe``'s tokenizer(s) and text encoder(s), in place.
+def embeddings_folder(settings: Settings, spec: ModelSpec) -> Path:
+    """The model's embeddings folder: registry ``embeddings_dir``, else data_dir/embeddings/<id>."""
+    if spec.embeddings_dir is not None:
+        return Path(spec.embeddings_dir)
+    return Path(settings.data_dir) / "embeddings" / spec.id
+
+
+def folder_embeddings(folder: Path, listed: Sequence[EmbeddingSpec]) -> list[EmbeddingSpec]:
+    """One embedding per ``<token>.safetensors`` in ``folder`` (sorted), skipping tokens and
+    files the registry already lists; empty when the folder does not exist."""
+    try:
+        files = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and p.is_file())
+    except FileNotFoundError:
+        return []
+    except OSError as exc:
+        raise ModelUnavailable(f"cannot list the embeddings folder {folder}: {exc}") from exc
+    taken = {spec.token for spec in listed}
+    paths = {Path(spec.path).resolve() for spec in listed}
+    found = []
+    for path in files:
+        token = path.stem
+        if re.fullmatch(TOKEN_PATTERN, token) is None:
+            log.warning("skipping embedding %s: its name is not one prompt word", path)
+        elif token not in taken and path.resolve() not in paths:
+            found.append(EmbeddingSpec(token, str(path)))
+    return found
+
+
+def load_embeddings(
+    pipe: Any, model_id: str, embeddings: Sequence[EmbeddingSpec], folder: Path | None = None
+) -> tuple[str, ...]:
+    """Add each embedding's token to ``pipe``'s tokenizer(s) and text encoder(s), in place:
+    ``embeddings`` (the registry's list), then each file of ``folder`` (:func:`folder_embeddings`).
 
     Returns the tokens loaded. Raises :class:`ModelUnavailable` naming the model and token for a
     missing or malformed file, a vector of the wrong width, or a token the tokenizer already
@@ -77,6 +117,8 @@ def load_embeddings(pipe: Any, model_id: str, embeddings: Sequence[EmbeddingSpec
     """
     encoders = _encoders(pipe)
     loaded: list[str] = []
+    if folder is not None:
+        embeddings = [*embeddings, *folder_embeddings(folder, embeddings)]
     for spec in embeddings:
         where = f"model {model_id!r}: embedding {spec.token!r}"
         tensors = _read(spec, where)

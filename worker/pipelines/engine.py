@@ -38,7 +38,9 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import
 from huggingface_hub.errors import LocalEntryNotFoundError
 from PIL import Image
 
+from core import prompt_syntax
 from core.batch_key import BatchKey
+from core.checkpoints import is_single_file
 from core.config import Settings
 from core.errors import MODEL_FAILED_MESSAGE, GenerationFailed, ModelUnavailable, OutOfMemory, ServiceError
 from core.loras import lora_folder
@@ -46,13 +48,13 @@ from core.models import ModelSpec, worker_model
 from core.schemas import JobPayload
 from worker.builtin.shapes import MODEL_DIR as SHAPES_MODEL_DIR
 from worker.builtin.tiny import ensure_tiny_model
+from worker.pipelines import checkpoints, inputs, prompt_weighting, sdxl
 from worker.pipelines import controlnet as controlnet_support
-from worker.pipelines import inputs, sdxl
 from worker.pipelines.attention import Backend, apply_attention, check_attention
 from worker.pipelines.clip_compat import ensure_text_model_alias
 from worker.pipelines.controlnet import ControlNetModels, ControlNetPipeline
 from worker.pipelines.device import apply_torch_threads, resolve_device, resolve_dtype
-from worker.pipelines.embeddings import load_embeddings
+from worker.pipelines.embeddings import embeddings_folder, load_embeddings
 from worker.pipelines.latents_tap import offer_latents
 from worker.pipelines.lora import LoraAdapters, TextEncoderState
 from worker.pipelines.prompt_cache import PromptEmbeddingCache
@@ -210,6 +212,10 @@ class Engine:
         self._sdxl_options = sdxl.pipeline_options(pipe)
         # Replaced by load() with the configured cache; ControlNets load on first use.
         self.controlnets = ControlNetModels(2, device, dtype, attention=attention)
+        # Most 75-token chunks a prompt may encode to (SFUMATO_MAX_PROMPT_CHUNKS; 0: no limit).
+        self.max_prompt_chunks = 0
+        # Tokenizers (and textual-inversion tokens) for counting a job's prompt chunks.
+        self._tokenizing = self.pipeline("txt2img", "ddim")  # any scheduler: only tokenizers are used
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -221,14 +227,19 @@ class Engine:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         backend = check_attention(settings.attention, device)  # before spending time on weights
-        pipe = _load_pipeline(spec.source, settings, dtype, spec.family)
+        if is_single_file(spec.source):  # an original-layout .safetensors (worker/pipelines/checkpoints.py)
+            pipe = checkpoints.load_checkpoint(spec, dtype)
+        else:
+            pipe = _load_pipeline(spec.source, settings, dtype, spec.family)
+            checkpoints.apply_vae_override(spec, pipe, getattr(pipe.config, "_name_or_path", None), dtype)
         try:
             pipe.to(device)
         except Exception as exc:
             raise ModelUnavailable(f"could not move model {spec.id!r} to {device}: {_short(exc)}") from exc
         backend = apply_attention(pipe, backend, explicit=settings.attention != "auto")
         ensure_text_model_alias(pipe.text_encoder)  # clip_skip with transformers 5
-        embeddings = load_embeddings(pipe, spec.id, spec.embeddings)  # once, before any prompt is encoded
+        # Once, before any prompt is encoded: the registry's list, then the model's folder.
+        embeddings = load_embeddings(pipe, spec.id, spec.embeddings, folder=embeddings_folder(settings, spec))
         log.info(
             "loaded model %s from %s on %s (%s, attention=%s) in %.2fs",
             spec.id, spec.source, device, str(dtype).removeprefix("torch."), backend,
@@ -239,6 +250,7 @@ class Engine:
         prompt_cache = PromptEmbeddingCache(settings.prompt_cache_size, encode_together=dtype == torch.float32)
         engine = cls(spec, pipe, device, dtype, backend, prompt_cache, loras)
         engine.embeddings = embeddings
+        engine.max_prompt_chunks = settings.max_prompt_chunks
         engine.refiners = sdxl.Refiners(settings, device, dtype, backend, offline=_hub_offline())
         engine.controlnets = ControlNetModels(
             settings.controlnet_cache_size, device, dtype, attention=backend,
@@ -278,6 +290,7 @@ class Engine:
     def prepare(self, payload: JobPayload) -> PreparedJob:
         """Check one job and decode its uploads; GenerationFailed fails only this job."""
         key = self._batch_key([payload])
+        self.prompt_chunks(payload)  # malformed weights, too many chunks: this job only
         control = controlnet_support.control_images(payload.controlnet, key.width, key.height)
         if key.mode == "txt2img":
             return PreparedJob(payload, control=control)
@@ -292,20 +305,63 @@ class Engine:
         smaller batches), GenerationFailed when the model raises; ``on_step``'s errors as is.
         """
         key = self._batch_key([job.payload for job in jobs])
+        # Jobs whose prompts encode to different chunk counts run as separate calls: padding a
+        # short prompt with empty chunks would change its image (more tokens to attend to), and
+        # an image must not depend on its batch partners (worker/pipelines/prompt_weighting.py).
+        groups: dict[int, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(self.prompt_chunks(job.payload), []).append(index)
+        if len(groups) == 1:
+            return self._run(jobs, key, next(iter(groups)), on_step)
+        results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        for chunks, indices in groups.items():
+            for index, images in zip(indices, self._run([jobs[i] for i in indices], key, chunks, on_step), strict=True):
+                results[index] = images
+        return results
+
+    def prompt_chunks(self, payload: JobPayload) -> int:
+        """The 75-token chunks the job's prompt and negative prompt are padded to (the larger
+        count, as A1111 pads them); GenerationFailed naming the field past the limit."""
+        counts = []
+        for field in ("prompt", "negative_prompt"):
+            text = getattr(payload, field)
+            error = prompt_syntax.weight_error(text)
+            if error is not None:
+                raise GenerationFailed(f"{field}: {error}", param=field)
+            count = prompt_weighting.chunk_count(self._tokenizing, prompt_syntax.parse_attention(text))
+            if self.max_prompt_chunks and count > self.max_prompt_chunks:
+                raise GenerationFailed(
+                    f"{field} encodes to {count} chunks (75 tokens each); the maximum is {self.max_prompt_chunks} "
+                    "(SFUMATO_MAX_PROMPT_CHUNKS)",
+                    param=field,
+                )
+            counts.append(count)
+        return max(counts)
+
+    def _run(
+        self, jobs: Sequence[PreparedJob], key: BatchKey, chunks: int, on_step: StepCallback | None
+    ) -> list[np.ndarray]:
+        """:meth:`run` for jobs whose prompts all pad to ``chunks`` chunks: one pipeline call."""
         with self._lock:
             pipe = self._controlnet_pipeline(key) if key.controlnets else self.pipeline(key.mode, key.scheduler)
             # Exactly this batch's LoRAs (none for a base batch), before prompts are encoded.
             text_encoder_state = self.loras.activate(pipe, key.loras)
-            call = self._call_arguments(jobs, key, pipe, text_encoder_state)
+            call = self._call_arguments(jobs, key, pipe, text_encoder_state, chunks)
             if key.controlnets:  # each image gets its own job's control maps
                 maps = [job.control for job in jobs for _ in range(job.payload.n)]
                 call.update(controlnet_support.call_arguments(key, maps))
             if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/pipelines/sdxl.py)
-                return self._call(self._refined(pipe, jobs, key, text_encoder_state), call, jobs, key, on_step)
+                refined = self._refined(pipe, jobs, key, text_encoder_state, chunks)
+                return self._call(refined, call, jobs, key, on_step)
             return self._call(pipe, call, jobs, key, on_step)
 
     def _refined(
-        self, pipe: Any, jobs: Sequence[PreparedJob], key: BatchKey, text_encoder_state: TextEncoderState
+        self,
+        pipe: Any,
+        jobs: Sequence[PreparedJob],
+        key: BatchKey,
+        text_encoder_state: TextEncoderState,
+        chunks: int = 0,
     ) -> sdxl.RefinedPipeline:
         """``pipe`` followed by the model's refiner; GenerationFailed if this model has none."""
         if self._sdxl_options is None or self.spec.refiner is None or self.refiners is None:
@@ -313,7 +369,7 @@ class Engine:
         refiner = self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
         prompts, negatives = sdxl.expand_texts(jobs)
         arguments = sdxl.refiner_prompt_arguments(
-            self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state
+            self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state, chunks
         )
         refiner_pipe = refiner.pipeline(self._components, key.scheduler, self._scheduler_config)
         return sdxl.RefinedPipeline(pipe, refiner_pipe, key.refiner_switch_at or 0.0, arguments)
@@ -429,12 +485,13 @@ class Engine:
         key: BatchKey,
         pipe: SDPipeline | ControlNetPipeline,
         text_encoder_state: TextEncoderState = (),
+        chunks: int = 0,
     ) -> dict[str, Any]:
         """The keyword arguments of the one pipeline call: per-image lists plus per-call values.
 
         Prompts go in as cached embeddings (misses encoded together; see worker/pipelines/prompt_cache.py),
-        keyed also on the active text-encoder LoRAs. Negative prompts are encoded without clip
-        skip, as diffusers does for them.
+        keyed also on the active text-encoder LoRAs, padded to ``chunks`` 75-token chunks.
+        Negative prompts are encoded without clip skip, as diffusers does for them.
         """
         prompts: list[str] = []
         negatives: list[str] = []
@@ -451,11 +508,12 @@ class Engine:
                 if job.mask is not None:
                     masks.append(job.mask)
         if self._sdxl_options is not None:  # both text encoders, pooled embeddings, size conditioning
-            call = sdxl.prompt_arguments(self.prompt_cache, pipe, prompts, negatives, key, text_encoder_state)
+            call = sdxl.prompt_arguments(self.prompt_cache, pipe, prompts, negatives, key, text_encoder_state, chunks)
         else:
+            cache, state = self.prompt_cache, text_encoder_state
             call = {
-                "prompt_embeds": self.prompt_cache.embed(pipe, prompts, key.clip_skip, key.exact, text_encoder_state),
-                "negative_prompt_embeds": self.prompt_cache.embed(pipe, negatives, 0, key.exact, text_encoder_state),
+                "prompt_embeds": cache.embed(pipe, prompts, key.clip_skip, key.exact, state, chunks),
+                "negative_prompt_embeds": cache.embed(pipe, negatives, 0, key.exact, state, chunks),
             }
         call.update(generator=generators, num_inference_steps=key.steps, guidance_scale=key.guidance_scale)
         if key.mode in ("txt2img", "inpaint"):

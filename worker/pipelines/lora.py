@@ -17,7 +17,10 @@ What a caller may rely on:
   as another set runs.
 * A LoRA is identified by its name AND its file's size and mtime: replacing a file on disk
   loads the new weights under a new adapter id (and new prompt-cache keys), never a mix.
-* Files are read with ``safetensors`` only (no pickle), from ``<lora_dir>/<name>.safetensors``.
+* Files are read with ``safetensors`` only (no pickle), from ``<lora_dir>/<name>.safetensors``,
+  in the diffusers, peft or kohya/A1111 layout (``lora_unet_*``/``lora_te_*`` with alphas,
+  LoCon on convolutions too: diffusers' ``load_lora_weights`` converts those). LyCORIS LoHa
+  and LoKr files are refused by name and format (core.loras.lora_format).
 
 Not thread-safe: the engine calls it under the lock that also covers the pipeline call,
 because the active adapter set is state of the shared modules.
@@ -38,7 +41,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.errors import GenerationFailed
-from core.loras import SUFFIX, valid_name
+from core.loras import FORMAT_NAMES, REFUSED_FORMATS, SUFFIX, lora_format, valid_name
 from worker.pipelines.prompt_cache import TextEncoderState
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,31 @@ def estimate_bytes(path: Path) -> int:
                 numel *= int(dim)
             total += numel * _BYTES_PER_ELEMENT
     return total
+
+
+#: kohya's text-encoder prefixes (SD: ``lora_te_``; SDXL: ``lora_te1_``/``lora_te2_``), each with
+#: the name of the pipeline's encoder it adapts.
+_KOHYA_TEXT_PREFIXES = (("lora_te_", "text_encoder"), ("lora_te1_", "text_encoder"), ("lora_te2_", "text_encoder_2"))
+
+
+def _flat_clip_keys(state_dict: dict[str, torch.Tensor], pipe: Any) -> dict[str, torch.Tensor]:
+    """Kohya text-encoder keys without ``text_model_`` where the encoder has no such module.
+
+    kohya names CLIP layers from transformers 4's ``CLIPTextModel.text_model``; transformers 5
+    flattened that module away. diffusers strips the prefix only when the encoder has no
+    ``text_model`` attribute, and ours has one (the read-only view clip_compat adds for
+    clip_skip), so without this the text-encoder half of a kohya LoRA fails to load
+    (IndexError deep in diffusers' config builder)."""
+    renames: dict[str, str] = {}
+    for prefix, attr in _KOHYA_TEXT_PREFIXES:
+        encoder = getattr(pipe, attr, None)
+        if encoder is None or any(name.startswith("text_model.") for name, _ in encoder.named_modules()):
+            continue  # a real text_model module: diffusers maps the keys itself
+        old = f"{prefix}text_model_"
+        renames |= {key: prefix + key[len(old) :] for key in state_dict if key.startswith(old)}
+    if not renames:
+        return state_dict
+    return {renames.get(key, key): value for key, value in state_dict.items()}
 
 
 class LoraAdapters:
@@ -141,6 +169,10 @@ class LoraAdapters:
         # A replaced file: drop the old weights of the same name first.
         for old in [e for e in self._entries.values() if e.name == name]:
             self._evict(pipe, old)
+        fmt = lora_format(path)  # a LyCORIS LoHa/LoKr file would fail deep in diffusers
+        if fmt in REFUSED_FORMATS:
+            message = f"LoRA {name!r} is in the {FORMAT_NAMES[fmt]} format, which this server cannot load"
+            raise GenerationFailed(message, param="loras")
         try:
             nbytes = estimate_bytes(path)
         except Exception as exc:
@@ -162,7 +194,7 @@ class LoraAdapters:
     def _load(self, pipe: Any, name: str, path: Path, adapter: str, nbytes: int) -> LoadedLora:
         self._active = None  # loading may change which adapters peft marks active
         try:
-            state_dict = load_file(str(path), device="cpu")
+            state_dict = _flat_clip_keys(load_file(str(path), device="cpu"), pipe)
             with torch.inference_mode(False):
                 pipe.load_lora_weights(state_dict, adapter_name=adapter)
         except Exception as exc:

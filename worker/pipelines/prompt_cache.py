@@ -14,7 +14,15 @@ a batch on a real model.
 ``exact`` requests never touch the cache: each of their texts is encoded alone, fresh, so an
 exact request's result does not depend on what ran before it (bit-identical across runs).
 
-The key is (text, clip_skip, text-encoder state). The state is the active text-encoder LoRAs
+Prompts are read as A1111 reads them (worker/pipelines/prompt_weighting.py): attention
+weights, and long prompts in 75-token chunks, each chunk one row of the text-encoder call. An
+entry is one prompt's encoding with its own chunk count; :meth:`PromptEmbeddingCache.embed`
+pads rows to the batch's chunk count with the empty prompt's encoding (A1111's padding of
+prompt and negative prompt to the same length).
+
+The key is (parsed text, clip_skip, text-encoder state): the parsed text
+(core/prompt_syntax.py ``cache_key``) is what the encoder reads, so ``(red:1.0)`` and ``red``
+share an entry while the PNG infotext keeps the prompt as written. The state is the active text-encoder LoRAs
 as (adapter id, scale) pairs (worker/pipelines/lora.py), empty for the base text encoder: the same
 prompt under another text-encoder LoRA is another embedding. Anything else that changes the
 text encoder (a textual-inversion token) must become part of the key when it arrives.
@@ -35,14 +43,17 @@ from typing import Any
 
 import torch
 
+from core.prompt_syntax import Fragments, cache_key, parse_attention
+from worker.pipelines import prompt_weighting
+
 #: What the text encoder's weights are besides the base model: ((adapter id, scale), ...).
 TextEncoderState = tuple[tuple[str, float], ...]
-#: (kind, text, clip_skip, text-encoder state); kind is "sd" or "sdxl".
+#: (kind, parsed text, clip_skip, text-encoder state); kind is "sd" or "sdxl".
 _Key = tuple[str, str, int, TextEncoderState]
 #: One text's encoding: (embeds,) for SD 1.x/2.x, (embeds, pooled) for SDXL; batch dim first.
 Encoded = tuple[torch.Tensor, ...]
-#: ``encode(texts, clip_skip)`` -> the encodings of ``texts`` in one call.
-_Encoder = Callable[[list[str], int], Encoded]
+#: ``encode(parsed texts, clip_skip)`` -> each text's encoding (its own chunk count), one call.
+_Encoder = Callable[[list[Fragments], int], list[Encoded]]
 
 
 class PromptEmbeddingCache:
@@ -61,31 +72,17 @@ class PromptEmbeddingCache:
 
     @staticmethod
     def _encoder(pipe: Any) -> _Encoder:
-        def encode(texts: list[str], clip_skip: int) -> Encoded:
-            embeds, _ = pipe.encode_prompt(
-                prompt=texts,
-                device=pipe._execution_device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-                clip_skip=clip_skip or None,
-            )
-            return (embeds,)
+        def encode(texts: list[Fragments], clip_skip: int) -> list[Encoded]:
+            return list(prompt_weighting.encode_sd(pipe, texts, clip_skip))
 
         return encode
 
     @staticmethod
     def _sdxl_encoder(pipe: Any) -> _Encoder:
-        def encode(texts: list[str], clip_skip: int) -> Encoded:
+        def encode(texts: list[Fragments], clip_skip: int) -> list[Encoded]:
             # Both encoders: embeds = [text_encoder | text_encoder_2] hidden states, concatenated
-            # per token; pooled = text_encoder_2's projection (diffusers' SDXL encode_prompt).
-            embeds, _, pooled, _ = pipe.encode_prompt(
-                prompt=texts,
-                device=pipe._execution_device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=False,
-                clip_skip=clip_skip or None,
-            )
-            return (embeds, pooled)
+            # per token; pooled = text_encoder_2's projection of the first chunk.
+            return list(prompt_weighting.encode_sdxl(pipe, texts, clip_skip))
 
         return encode
 
@@ -118,6 +115,7 @@ class PromptEmbeddingCache:
         clip_skip: int,
         exact: bool = False,
         text_encoder_state: TextEncoderState = (),
+        chunks: int = 0,
     ) -> torch.Tensor:
         """Embeddings for ``texts`` in order, ``(len(texts), tokens, dim)``.
 
@@ -128,7 +126,8 @@ class PromptEmbeddingCache:
         the module docstring), else one by one. With
         ``exact`` each distinct text is encoded alone and the cache is neither read nor written.
         """
-        return self._embed("sd", self._encoder(pipe), texts, clip_skip, exact, text_encoder_state)[0]
+        encode = self._encoder(pipe)
+        return self._embed("sd", encode, texts, clip_skip, exact, text_encoder_state, chunks)[0]
 
     def embed_sdxl(
         self,
@@ -137,11 +136,13 @@ class PromptEmbeddingCache:
         clip_skip: int,
         exact: bool = False,
         text_encoder_state: TextEncoderState = (),
+        chunks: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """SDXL: ``(embeds, pooled)`` for ``texts`` in order, ``(len(texts), tokens, dim1 + dim2)``
         and ``(len(texts), pooled_dim)``; caching as :meth:`embed`. ``pipe`` is an SDXL pipeline
         with both text encoders."""
-        embeds, pooled = self._embed("sdxl", self._sdxl_encoder(pipe), texts, clip_skip, exact, text_encoder_state)
+        encode = self._sdxl_encoder(pipe)
+        embeds, pooled = self._embed("sdxl", encode, texts, clip_skip, exact, text_encoder_state, chunks)
         return embeds, pooled
 
     def _embed(
@@ -152,36 +153,55 @@ class PromptEmbeddingCache:
         clip_skip: int,
         exact: bool,
         text_encoder_state: TextEncoderState,
+        chunks: int = 0,
     ) -> Encoded:
+        """Rows padded to ``chunks`` chunks (at least each row's own count; 0: the longest
+        row's) with the empty prompt's encoding, as A1111 pads prompt and negative prompt."""
         # No autograd graph: a cached embedding would otherwise keep every activation of the
         # text encoder pass that made it alive for as long as it stays cached.
         with torch.no_grad():
-            return self._embed_rows(kind, encode, texts, clip_skip, exact, text_encoder_state)
+            rows = self._embed_rows(
+                kind, encode, [parse_attention(t) for t in texts], clip_skip, exact, text_encoder_state
+            )
+            lengths = {row[0].shape[1] for row in rows}
+            if chunks > 1 or len(lengths) > 1:  # each row is whole chunks: pad the short ones
+                (empty,) = self._embed_rows(kind, encode, [parse_attention("")], clip_skip, exact, text_encoder_state)
+                target = max(max(lengths), chunks * empty[0].shape[1])
+                rows = [self._pad(row, empty[0], target) for row in rows]
+            return tuple(torch.cat([row[part] for row in rows], dim=0) for part in range(len(rows[0])))
+
+    @staticmethod
+    def _pad(row: Encoded, empty: torch.Tensor, target: int) -> Encoded:
+        """``row``'s embeds followed by empty-prompt chunks up to ``target`` tokens."""
+        missing = (target - row[0].shape[1]) // empty.shape[1]
+        if missing <= 0:
+            return row
+        return (torch.cat([row[0], *[empty] * missing], dim=1), *row[1:])
 
     def _embed_rows(
         self,
         kind: str,
         encode: _Encoder,
-        texts: Sequence[str],
+        texts: Sequence[Fragments],
         clip_skip: int,
         exact: bool,
         text_encoder_state: TextEncoderState,
-    ) -> Encoded:
-        unique = list(dict.fromkeys(texts))
+    ) -> list[Encoded]:
+        """Each text's own encoding (its own chunk count), in order; keyed on the PARSED text."""
+        parsed = {cache_key(text): text for text in texts}
         if exact:
-            by_text = {text: encode([text], clip_skip) for text in unique}
+            by_text = {name: encode([text], clip_skip)[0] for name, text in parsed.items()}
         else:
-            keys = [(kind, text, clip_skip, text_encoder_state) for text in unique]
+            keys = [(kind, name, clip_skip, text_encoder_state) for name in parsed]
             found = self._lookup(keys)
             missing = [key for key in keys if key not in found]
             if missing and self.encode_together:
-                encoded = encode([key[1] for key in missing], clip_skip)
-                fresh = {key: tuple(part[i : i + 1].clone() for part in encoded) for i, key in enumerate(missing)}
+                encoded = encode([parsed[key[1]] for key in missing], clip_skip)
+                fresh = dict(zip(missing, encoded, strict=True))
             else:
-                fresh = {key: encode([key[1]], clip_skip) for key in missing}
+                fresh = {key: encode([parsed[key[1]]], clip_skip)[0] for key in missing}
             if fresh:
                 self._store(fresh)
                 found.update(fresh)
-            by_text = {text: found[(kind, text, clip_skip, text_encoder_state)] for text in unique}
-        rows = [by_text[text] for text in texts]
-        return tuple(torch.cat([row[part] for row in rows], dim=0) for part in range(len(rows[0])))
+            by_text = {name: found[(kind, name, clip_skip, text_encoder_state)] for name in parsed}
+        return [by_text[cache_key(text)] for text in texts]

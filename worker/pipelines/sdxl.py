@@ -44,10 +44,12 @@ from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_inpain
 )
 
 from core.batch_key import BatchKey
+from core.checkpoints import is_single_file
 from core.config import Settings
 from core.errors import ModelUnavailable
 from worker.builtin.tiny_sdxl import ensure_tiny_sdxl, ensure_tiny_sdxl_refiner
 from worker.pipelines.attention import Backend, apply_attention
+from worker.pipelines.checkpoints import load_refiner_unet
 from worker.pipelines.prompt_cache import PromptEmbeddingCache, TextEncoderState
 from worker.pipelines.schedulers import make_scheduler
 
@@ -125,13 +127,15 @@ def prompt_arguments(
     negatives: Sequence[str],
     key: BatchKey,
     text_encoder_state: TextEncoderState = (),
+    chunks: int = 0,
 ) -> dict[str, Any]:
     """The SDXL base call's prompt and size-conditioning arguments for one batch.
 
-    Negative prompts are encoded without clip skip, as diffusers does for them.
+    Negative prompts are encoded without clip skip, as diffusers does for them; both are padded
+    to ``chunks`` 75-token chunks (worker/pipelines/prompt_cache.py).
     """
-    embeds, pooled = cache.embed_sdxl(pipe, prompts, key.clip_skip, key.exact, text_encoder_state)
-    negative, negative_pooled = cache.embed_sdxl(pipe, negatives, 0, key.exact, text_encoder_state)
+    embeds, pooled = cache.embed_sdxl(pipe, prompts, key.clip_skip, key.exact, text_encoder_state, chunks)
+    negative, negative_pooled = cache.embed_sdxl(pipe, negatives, 0, key.exact, text_encoder_state, chunks)
     if pipe.config.force_zeros_for_empty_prompt:
         negative, negative_pooled = _zero_empty(negatives, negative, negative_pooled)
     return {
@@ -205,6 +209,10 @@ class Refiners:
             return refiner
 
     def _load(self, source: str, base: dict[str, Any], scheduler_config: dict[str, Any]) -> Refiner:
+        if is_single_file(source):  # an original-layout refiner checkpoint: its UNet only
+            unet = load_refiner_unet(source, self._dtype)
+            cast(Any, unet).to(self._device)  # ModelMixin.to is typed through a decorator mypy misreads
+            return self._finish(source, unet, base, scheduler_config, {"requires_aesthetics_score": True})
         location = builtin_location(source, self._settings.data_dir)
         if location is None:
             folder = Path(source).expanduser()
@@ -225,6 +233,16 @@ class Refiners:
         except Exception as exc:
             hint = "expected an SDXL refiner (diffusers folder or hub id) whose unet has safetensors weights"
             raise ModelUnavailable(f"could not load refiner {source!r}: {hint} ({type(exc).__name__}: {exc})") from exc
+        return self._finish(source, unet, base, scheduler_config, index)
+
+    def _finish(
+        self,
+        source: str,
+        unet: UNet2DConditionModel,
+        base: dict[str, Any],
+        scheduler_config: dict[str, Any],
+        index: dict[str, Any],
+    ) -> Refiner:
         _check_compatible(source, unet, base)
         refiner = Refiner(
             source=source,
@@ -259,6 +277,7 @@ def refiner_prompt_arguments(
     negatives: Sequence[str],
     key: BatchKey,
     text_encoder_state: TextEncoderState = (),
+    chunks: int = 0,
 ) -> dict[str, Any]:
     """The refiner call's prompt arguments: text_encoder_2's share of the base encodings.
 
@@ -267,8 +286,8 @@ def refiner_prompt_arguments(
     encodings gives them bit for bit without a second encoder pass.
     """
     width = int(base_pipe.text_encoder_2.config.hidden_size)
-    embeds, pooled = cache.embed_sdxl(base_pipe, prompts, key.clip_skip, key.exact, text_encoder_state)
-    negative, negative_pooled = cache.embed_sdxl(base_pipe, negatives, 0, key.exact, text_encoder_state)
+    embeds, pooled = cache.embed_sdxl(base_pipe, prompts, key.clip_skip, key.exact, text_encoder_state, chunks)
+    negative, negative_pooled = cache.embed_sdxl(base_pipe, negatives, 0, key.exact, text_encoder_state, chunks)
     negative = negative[..., -width:]
     if refiner.force_zeros_for_empty_prompt:
         negative, negative_pooled = _zero_empty(negatives, negative, negative_pooled)

@@ -30,8 +30,9 @@ from core.schemas import BatchInfo, JobPayload, JobResult, StoredImage, Timings
 from core.storage import CONTENT_TYPES, ObjectStore, image_key
 from worker.pipelines.engine import Engine
 from worker.pipelines.types import PreparedJob, StepCallback
-from worker.runtime.encoding import encode_image
+from worker.runtime.encoding import Provenance, encode_image
 from worker.runtime.metrics import batch_isolated, batch_observer, job_failed_alone
+from worker.runtime.provenance import provenance_of
 
 log = logging.getLogger("sfumato.worker")
 
@@ -53,6 +54,8 @@ class Generated:
     images: np.ndarray | None
     error: ErrorDict | None
     inference_s: float
+    #: The files behind the images (model, LoRA and refiner hashes) for the infotext.
+    provenance: Provenance | None = None
 
 
 def error_of(exc: BaseException) -> ErrorDict:
@@ -237,7 +240,7 @@ def generate_batch(
     for payload in payloads:
         out = outputs.get(payload.job_id, errors.get(payload.job_id))
         if isinstance(out, np.ndarray):
-            generated.append(Generated(payload, out, None, inference_s))
+            generated.append(Generated(payload, out, None, inference_s, provenance_of(engine, payload)))
         else:
             generated.append(Generated(payload, None, out, inference_s))
     observer.done(generated, inference_s)
@@ -284,7 +287,7 @@ def store_outputs(
     try:
         pil_images = VaeImageProcessor.numpy_to_pil(generated.images)
         for index, (image, seed) in enumerate(zip(pil_images, payload.seeds, strict=True)):
-            data = encode_image(image, payload, index=index, seed=seed, model_name=model_name)
+            data = encode_image(image, payload, index, seed, model_name, generated.provenance)
             key = image_key(payload.tenant, payload.job_id, index, ext)
             put_with_retry(store, key, data, CONTENT_TYPES[ext], retry_budget_s)
             stored.append(

@@ -9,6 +9,7 @@ wraps the object store with :meth:`Observability.store` and hands each RQ worker
   job, time per denoising step, images and megapixel-steps, and one log line per batch;
 - :func:`batch_isolated` and :func:`job_failed_alone` in ``execute.run_splitting``: batches
   re-run in halves after a failure that may be one job's input, and the jobs that failed alone;
+- :func:`batch_preempted` in the runner: batches stopped for a queued interactive job;
 - :func:`job_ended` in the runner: jobs finished by state and error code, time in queue,
   end-to-end latency, and one log line per job with its ``job_id`` and ``request_id``.
 
@@ -112,6 +113,13 @@ class Instruments:
         self.failed_alone = Counter(
             "sfumato_jobs_failed_alone_total",
             "Jobs that failed when run alone after their batch was isolated (their partners ran without them).",
+            ["model"],
+            registry=registry,
+        )
+        self.preemptions = Counter(
+            "sfumato_batch_preemptions_total",
+            "Batches of lower-class jobs stopped at a denoising step for a queued interactive job; their jobs "
+            "went back to the head of their queues (SFUMATO_PREEMPT).",
             ["model"],
             registry=registry,
         )
@@ -310,6 +318,13 @@ def job_failed_alone(payload: JobPayload) -> None:
     obs = _active
     if obs is not None:
         obs.instruments.failed_alone.labels(payload.model).inc()
+
+
+def batch_preempted(model: str) -> None:
+    """A running batch of ``model`` was stopped for an interactive job (worker/runtime/runner.py)."""
+    obs = _active
+    if obs is not None:
+        obs.instruments.preemptions.labels(model).inc()
 
 
 def job_ended(job: Job, model: str, state: str, error: ErrorDict | None = None) -> None:

@@ -1,0 +1,108 @@
+"""The batching promise on every built-in model, scheduler and mode, in float32 on CPU.
+
+For each built-in model (tiny, tiny SDXL, shapes), each scheduler and each mode (txt2img,
+img2img, inpaint) a target request is run alone and co-batched at the front, middle and back
+of batches with partner requests (tests/support/batching.py; the partners' prompts include
+every case of its ``PARTNER_PROMPTS`` hook), and each partner alone against co-batched. Writes
+``bench/results/drift-all.json`` (docs/architecture.md and docs/benchmarks.md show it)::
+
+    python -m bench.drift_all                          # the full matrix, 6 steps: ~1 h on 2 idle cores
+    python -m bench.drift_all --model shapes --scheduler euler_a --steps 20
+
+``tests/integration/test_batch_invariance_models.py`` checks a representative part of the
+matrix against the same documented bound on every ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.batching import RESULTS
+from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
+from tests.support.batching import BOUND, MODEL_SIZES, MODES, PARTNER_PROMPTS, Case, measure, within, worst
+from tests.support.engine import engine_settings
+from worker.pipelines.engine import Engine
+
+
+def run_model(
+    model: str, schedulers: list[str], modes: list[str], steps: int, data_dir: Path
+) -> Iterator[dict[str, Any]]:
+    """Every mode x scheduler x partner-prompt case of one model; one summary row per case."""
+    engine = Engine.load(engine_settings(data_dir, model=model))
+    guidance = engine.spec.default_guidance
+    for mode in modes:
+        for scheduler in schedulers:
+            for prompts in PARTNER_PROMPTS:
+                case = Case(model, scheduler, mode, prompts, steps)
+                started = time.perf_counter()
+                rows = measure(lambda jobs: engine.generate_arrays(jobs), case, guidance)
+                figures = worst(rows)
+                row = {"model": model, "scheduler": scheduler, "mode": mode, "prompts": prompts, "steps": steps,
+                       "size": MODEL_SIZES[model], "guidance": guidance, **figures, "within_bound": within(figures),
+                       "positions": rows, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+                print({k: v for k, v in row.items() if k != "positions"}, flush=True)
+                yield row
+
+
+def summarise(cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per model and scheduler: the worst figures over modes and prompts (the published bound)."""
+    by: dict[str, dict[str, Any]] = {}
+    for model in dict.fromkeys(c["model"] for c in cases):
+        by[model] = {}
+        for scheduler in dict.fromkeys(c["scheduler"] for c in cases if c["model"] == model):
+            mine = [c for c in cases if c["model"] == model and c["scheduler"] == scheduler]
+            figures = worst(mine)
+            by[model][scheduler] = {**figures, "within_bound": within(figures)}
+    return by
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=sorted(MODEL_SIZES), help="default: every built-in model")
+    parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULER_DISPLAY_NAMES), help="default: all")
+    parser.add_argument("--mode", action="append", choices=MODES, help="default: all three")
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=RESULTS / "drift-all.json")
+    args = parser.parse_args()
+    models = args.model or list(MODEL_SIZES)
+    schedulers = args.scheduler or list(SCHEDULER_DISPLAY_NAMES)
+    modes = args.mode or list(MODES)
+    # Cases not measured this time are kept from the file: a part of the matrix can be re-measured alone.
+    kept = json.loads(args.out.read_text())["cases"] if args.out.exists() else []
+    cases = [c for c in kept if not (c["model"] in models and c["scheduler"] in schedulers and c["mode"] in modes)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            for row in run_model(model, schedulers, modes, args.steps, Path(tmp)):
+                cases.append(row)
+                write(args.out, cases, args.steps)  # after each case: a long run leaves what it measured
+
+
+def write(out: Path, cases: list[dict[str, Any]], steps: int) -> None:
+    order = [*MODEL_SIZES, *SCHEDULER_DISPLAY_NAMES, *MODES]
+    cases = sorted(cases, key=lambda c: (order.index(c["model"]), order.index(c["scheduler"]), order.index(c["mode"])))
+    result = {
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": "python -m bench.drift_all" + ("" if steps == 6 else f" --steps {steps}"),
+        "dtype": "float32",
+        "device": "cpu",
+        "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "processor": platform.machine()},
+        "bound": BOUND,
+        "all_within_bound": all(c["within_bound"] for c in cases),
+        "by_model_and_scheduler": summarise(cases),
+        "cases": cases,
+    }
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}; all within the bound: {result['all_within_bound']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
