@@ -209,7 +209,8 @@ def test_a_missing_or_broken_lora_fails_its_jobs_and_the_engine_goes_on(
         assert generated.error is not None and generated.error["param"] == "loras"
         assert words in generated.error["message"]
     assert np.array_equal(image(engine, payload()), base)
-    assert {entry.name for entry in engine.loras.loaded} <= {A, B}
+    # Neither failed LoRA was kept (other tests share this engine and may have loaded theirs).
+    assert not {entry.name for entry in engine.loras.loaded} & {"absent", "broken"}
     (lora_dir / "broken.safetensors").unlink()
 
 
