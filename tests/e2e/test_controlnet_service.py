@@ -15,13 +15,12 @@ import pytest
 import redis
 from PIL import Image
 
-from devstack.net import free_port
 from tests.support.bombs import b64 as raw_b64
 from tests.support.bombs import png_header_only
 from tests.support.controlnet import b64, edge_map, make_controlnet, shapes_image
 from tests.support.env import NO_LIMITS, service_env
-from tests.support.keys import bearer, env_key
-from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
+from tests.support.one_worker_stack import one_worker_stack
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -63,20 +62,8 @@ def stack(redis_server, tmp_path_factory) -> Iterator[ControlNetStack]:
         "SFUMATO_MODELS_FILE": str(registry(tmp, tmp / "controlnets" / NAME)),
         "SFUMATO_MAX_UPLOAD_PIXELS": str(512 * 512),
     }
-    port = free_port()
-    worker = start_worker(env, tmp / "logs")
-    api = start_api(env, port, tmp / "logs")
-    base_url = f"http://127.0.0.1:{port}"
-    headers = bearer(env_key(env, tenant="default"))
-    conn = redis.Redis.from_url(redis_server.url)
-    try:
-        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
-        with httpx.Client(base_url=base_url, timeout=150, headers=headers) as client:
-            yield ControlNetStack(client, worker, conn, f"rq:queue:{env['SFUMATO_QUEUE_PREFIX']}:tiny")
-    finally:
-        conn.close()
-        worker.stop()
-        api.stop()
+    with one_worker_stack(env, redis_server.url, tmp / "logs") as running:
+        yield ControlNetStack(running.client, running.worker, running.redis, running.queue_key)
 
 
 def _pixels(job: dict) -> np.ndarray:

@@ -16,12 +16,11 @@ import redis
 from PIL import Image
 from safetensors.torch import save_file
 
-from devstack.net import free_port
 from tests.support.env import s3_env, service_env
-from tests.support.keys import bearer, env_key
 from tests.support.kohya import to_kohya
 from tests.support.lora import make_lora
-from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
+from tests.support.one_worker_stack import one_worker_stack
+from tests.support.processes import ServiceProcess
 from worker.builtin.tiny import build_tiny_pipeline
 
 pytestmark = pytest.mark.timeout(600)
@@ -69,20 +68,8 @@ def stack(redis_server, seaweed, tmp_path_factory) -> Iterator[LoraStack]:
         **s3_env(seaweed, f"e2e-lora-{secrets.token_hex(4)}"),
         "SFUMATO_LORA_DIR": str(tmp / "loras"),
     }
-    port = free_port()
-    worker = start_worker(env, tmp / "logs")
-    api = start_api(env, port, tmp / "logs")
-    base_url = f"http://127.0.0.1:{port}"
-    headers = bearer(env_key(env, tenant="default"))
-    conn = redis.Redis.from_url(redis_server.url)
-    try:
-        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
-        with httpx.Client(base_url=base_url, timeout=150, headers=headers) as client:
-            yield LoraStack(client, worker, conn, f"rq:queue:{env['SFUMATO_QUEUE_PREFIX']}:tiny")
-    finally:
-        conn.close()
-        worker.stop()
-        api.stop()
+    with one_worker_stack(env, redis_server.url, tmp / "logs") as running:
+        yield LoraStack(running.client, running.worker, running.redis, running.queue_key)
 
 
 def _png(job: dict) -> Image.Image:

@@ -15,10 +15,9 @@ import pytest
 import redis
 from PIL import Image
 
-from devstack.net import free_port
 from tests.support.env import s3_env, service_env
-from tests.support.keys import bearer, env_key
-from tests.support.processes import ServiceProcess, start_api, start_worker, wait_for_workers
+from tests.support.one_worker_stack import one_worker_stack
+from tests.support.processes import ServiceProcess
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -57,20 +56,8 @@ def stack(redis_server, seaweed, tmp_path_factory) -> Iterator[Stack]:
         **service_env(redis_server.url, tmp, "e2e-prompts", SFUMATO_TORCH_THREADS="2", SFUMATO_MAX_PROMPT_CHUNKS="2"),
         **s3_env(seaweed, f"e2e-prompts-{secrets.token_hex(4)}"),
     }
-    port = free_port()
-    worker = start_worker(env, tmp / "logs")
-    api = start_api(env, port, tmp / "logs")
-    base_url = f"http://127.0.0.1:{port}"
-    headers = bearer(env_key(env, tenant="default"))
-    conn = redis.Redis.from_url(redis_server.url)
-    try:
-        wait_for_workers(base_url, 1, 240, worker, api, headers=headers)
-        with httpx.Client(base_url=base_url, timeout=150, headers=headers) as client:
-            yield Stack(client, worker, conn, f"rq:queue:{env['SFUMATO_QUEUE_PREFIX']}:tiny")
-    finally:
-        conn.close()
-        worker.stop()
-        api.stop()
+    with one_worker_stack(env, redis_server.url, tmp / "logs") as running:
+        yield Stack(running.client, running.worker, running.redis, running.queue_key)
 
 
 def pixels(image: Image.Image) -> np.ndarray:
