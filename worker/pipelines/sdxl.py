@@ -168,11 +168,12 @@ class Refiner:
     def pipeline(self, base: dict[str, Any], scheduler: str, scheduler_config: dict[str, Any]) -> Any:
         """A refiner img2img pipeline around the base's ``text_encoder_2``, ``tokenizer_2`` and VAE
         (``base``: the resident components) with a fresh ``scheduler``."""
+        absent: Any = None  # the refiner has no first text encoder or tokenizer
         pipe = StableDiffusionXLImg2ImgPipeline(
             vae=base["vae"],
-            text_encoder=None,  # type: ignore[arg-type]  # the refiner has no first text encoder
+            text_encoder=absent,
             text_encoder_2=base["text_encoder_2"],
-            tokenizer=None,  # type: ignore[arg-type]
+            tokenizer=absent,
             tokenizer_2=base["tokenizer_2"],
             unet=self.unet,
             scheduler=cast(Any, make_scheduler(scheduler, scheduler_config)),
