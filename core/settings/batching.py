@@ -54,8 +54,18 @@ class BatchingSettings(SettingsGroup):
         default=True,
         description="While a batch of only standard/batch-class jobs runs and an interactive job is queued for "
         "the model, stop the batch at its next denoising step (checked at most every 100 ms) and put its jobs "
-        "back at the head of their queues, without using a retry; the interactive job runs next. A job is "
-        "preempted at most once, so bulk work always finishes. Counted in `sfumato_batch_preemptions_total`.",
+        "back at the head of their queues, without using a retry; the interactive job runs next. A job may be "
+        "preempted again while the work it has lost stays under SFUMATO_PREEMPT_MAX_LOST_WORK, so bulk work "
+        "always finishes. Counted in `sfumato_batch_preemptions_total`.",
+    )
+    preempt_max_lost_work: float = Field(
+        default=1.0,
+        ge=0.0,
+        le=10.0,
+        allow_inf_nan=False,
+        description="The work a bulk job may lose to preemptions, in runs of its own (each stop costs the steps "
+        "it had run, and at least a quarter of a run): 1.0 bounds a bulk job at about twice its run time plus "
+        "the interactive jobs served first; 0 turns preemption off.",
     )
     upload_stage_depth: int = Field(
         default=2, ge=0, le=16, description="Finished batches encoded/uploaded in the background (0: inline)."

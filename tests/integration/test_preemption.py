@@ -1,7 +1,7 @@
 """Preemption on a real Redis with a real worker (tiny model, in-process): a running batch of bulk
 jobs yields to an interactive job at a denoising step, its jobs go back to the head of their
 queue without using a retry, succeed exactly once with the images they have alone, and are
-never preempted a second time.
+not preempted again once their lost-work budget is spent.
 
 The worker runs on the test's thread (RQ installs signal handlers there); a second thread plays
 the clients, submitting each interactive job once it sees the state it waits for.
@@ -35,7 +35,8 @@ from tests.integration.test_batch_invariance import to_8bit
 from tests.support.engine import payload
 from worker.pipelines.engine import Engine
 from worker.runtime import metrics as worker_metrics
-from worker.runtime.runner import META_PREEMPTED, SfumatoWorker
+from worker.runtime.preemption_budget import META_LOST_WORK, META_PREEMPTIONS, MIN_CHARGE
+from worker.runtime.runner import SfumatoWorker
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -104,7 +105,12 @@ def test_a_bulk_batch_yields_to_an_interactive_job_once_and_still_succeeds_once(
     registry: CollectorRegistry,
     tmp_path: Path,
 ) -> None:
-    settings = make_settings(max_batch=4, max_wait_ms=0, upload_stage_depth=0, priority_share=10, preempt=True)
+    # A budget below one stop's least charge: one preemption spends it (the arithmetic of larger
+    # budgets is tested in tests/unit/test_preemption_budget.py).
+    settings = make_settings(
+        max_batch=4, max_wait_ms=0, upload_stage_depth=0, priority_share=10, preempt=True,
+        preempt_max_lost_work=MIN_CHARGE / 2,
+    )  # fmt: skip
     store = JobStore(clean_redis, settings)
     bulk = [job("batch", prompt=f"bulk {i}", seed=100 + i, steps=BULK_STEPS, tenant="t-bulk") for i in range(4)]
     first = job("interactive", prompt="a person waits", steps=20, tenant="t-person")
@@ -149,14 +155,15 @@ def test_a_bulk_batch_yields_to_an_interactive_job_once_and_still_succeeds_once(
     assert seen_while_first_ran == ["queued"] * 4
     ended = {job_id: r.ended_at or 0.0 for job_id, r in records.items()}
     assert all(ended[first.job_id] < ended[p.job_id] for p in bulk)
-    # Preempted once only: the second interactive job waited for the re-run batch.
+    # Its budget spent, the re-run batch was not stopped again: the second interactive job waited.
     assert all(ended[p.job_id] < ended[second.job_id] for p in bulk)
     assert registry.get_sample_value("sfumato_batch_preemptions_total", {"model": "tiny"}) == 1
     batch_queue = queue_names(settings, "tiny")["batch"]
     assert FailedJobRegistry(batch_queue, connection=clean_redis, serializer=JSONSerializer).count == 0
     for p in bulk:
         rq_job = Job.fetch(p.job_id, clean_redis, JSONSerializer)
-        assert rq_job.meta.get(META_PREEMPTED) is True
+        assert rq_job.meta.get(META_PREEMPTIONS) == 1
+        assert MIN_CHARGE <= rq_job.meta[META_LOST_WORK] <= 1.0
         assert rq_job.retries_left == retries_before[p.job_id]  # no attempt used
         results = rq_job.results()
         assert [r.type for r in results] == [Result.Type.SUCCESSFUL]  # exactly once, no failure record
@@ -192,4 +199,4 @@ def test_without_preemption_the_interactive_job_waits_for_the_bulk_batch(
     records = {p.job_id: store.get(p.job_id, p.tenant) for p in [*bulk, urgent]}
     assert {r.status for r in records.values()} == {"succeeded"}
     assert all((records[p.job_id].ended_at or 0) < (records[urgent.job_id].ended_at or 0) for p in bulk)
-    assert not any(Job.fetch(p.job_id, clean_redis, JSONSerializer).meta.get(META_PREEMPTED) for p in bulk)
+    assert not any(Job.fetch(p.job_id, clean_redis, JSONSerializer).meta.get(META_PREEMPTIONS) for p in bulk)

@@ -47,6 +47,7 @@ from worker.pipelines.engine import Engine
 from worker.runtime.batcher import BatchPolicy, PartnerClaimer, WaitAdvisor, gather_partners
 from worker.runtime.execute import Generated, JobOutcome, generate_batch, store_outputs
 from worker.runtime.metrics import batch_preempted, job_ended
+from worker.runtime.preemption_budget import charge, may_preempt
 from worker.runtime.priority import PrioritySchedule, ScheduledQueue, waiting_classes
 from worker.runtime.progress import ProgressPublisher
 from worker.runtime.redis_outage import clean_registries_except_started, complete_through_outage
@@ -54,8 +55,6 @@ from worker.runtime.upload_stage import BackgroundStage
 
 log = logging.getLogger("sfumato.worker")
 
-#: ``job.meta`` flag of a job whose batch was preempted once: it is never preempted again.
-META_PREEMPTED = "preempted"
 #: The class whose queued jobs preempt a running batch of lower-class jobs.
 PREEMPTING_CLASS: PriorityClass = "interactive"
 
@@ -157,9 +156,9 @@ class SfumatoWorker(SimpleWorker):
             watcher = CancelWatcher(self.connection, self.settings, [a.job.id for a in batch])
             try:
                 generated = self._generate(batch, watcher, self._preemption_watcher(batch))
-            except Preempted:
+            except Preempted as stop:
                 self._complete_newly_canceled(batch, watcher, force_check=True)
-                self._requeue_preempted([a for a in batch if a.job.id not in watcher.canceled])
+                self._requeue_preempted([a for a in batch if a.job.id not in watcher.canceled], stop)
                 return
             self._complete_newly_canceled(batch, watcher, force_check=True)
             survivors = [(a, g) for a, g in zip(batch, generated, strict=True) if a.job.id not in watcher.canceled]
@@ -281,7 +280,7 @@ class SfumatoWorker(SimpleWorker):
             if self._complete_newly_canceled(batch, watcher) and watcher.all_canceled():
                 raise BatchCanceled()
             if preemption is not None and preemption.due():
-                raise Preempted()
+                raise Preempted(done, total)
             progress.step(done, total)
 
         try:
@@ -315,7 +314,8 @@ class SfumatoWorker(SimpleWorker):
     def _preemption_watcher(self, batch: list[ActiveJob]) -> PreemptionWatcher | None:
         """A watcher for ``batch`` if a queued interactive job may stop it: preemption is on
         (SFUMATO_PREEMPT), this worker reads the interactive queue, every job is of a lower
-        class, and none was preempted before (the bound that keeps bulk work from livelocking).
+        class, and each has lost less than SFUMATO_PREEMPT_MAX_LOST_WORK to earlier preemptions
+        (the bound that keeps bulk work from livelocking; worker/runtime/preemption_budget.py).
 
         Nor when interactive jobs were already waiting as its leader was taken: then the
         schedule chose this batch on purpose, as a lower class's guaranteed turn
@@ -326,15 +326,15 @@ class SfumatoWorker(SimpleWorker):
             return None
         if any(priority_of_queue(a.queue.name) == PREEMPTING_CLASS for a in batch):
             return None
-        if any(a.job.meta.get(META_PREEMPTED) for a in batch):
+        if not may_preempt((a.job.meta for a in batch), self.settings.preempt_max_lost_work):
             return None
         return PreemptionWatcher(self.connection, interactive.key)
 
-    def _requeue_preempted(self, batch: list[ActiveJob]) -> None:
+    def _requeue_preempted(self, batch: list[ActiveJob], stop: Preempted) -> None:
         """Put a preempted batch's jobs back at the head of their own class queues, in one
         transaction: each leaves the started registry and its execution as a finished job
         would, and is queued again as RQ's retry queues it, but without using an attempt and
-        without a failure record. ``preempted`` in its meta keeps it from being preempted again.
+        without a failure record. Its meta is charged the work thrown away (preemption_budget).
         The interactive job is then the next leader (the schedule puts the highest class first).
         """
         if not batch:
@@ -343,7 +343,7 @@ class SfumatoWorker(SimpleWorker):
             # LPUSH one at a time: the last pushed is the head, so push the batch back to front.
             for active in reversed(batch):
                 job = active.job
-                job.meta[META_PREEMPTED] = True
+                charge(job.meta, stop.done_steps, stop.total_steps)
                 self.cleanup_execution(job, pipeline=pipe, execution=active.execution)
                 job.started_at = None
                 job.worker_name = None
@@ -419,6 +419,11 @@ class Preempted(BaseException):
     runner (the engine's error translation, batch isolation, ``generate_batch``'s per-job
     errors) and nothing logs, counts or bisects it as a failed batch.
     """
+
+    def __init__(self, done_steps: int, total_steps: int) -> None:
+        super().__init__(f"preempted after {done_steps} of {total_steps} steps")
+        self.done_steps = done_steps
+        self.total_steps = total_steps
 
 
 class PreemptionWatcher:
