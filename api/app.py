@@ -12,7 +12,18 @@ from api.hardening import install_middleware, install_security_headers
 from api.job_reaper import job_reaper
 from api.metrics import install_observability
 from api.resources import ApiServices
-from api.routes import admin_keys, events, files, health, images, models, openai_images, webhooks
+from api.routes import (
+    admin_keys,
+    events,
+    files,
+    health,
+    images,
+    models,
+    openai_images,
+    playground,
+    sdapi,
+    webhooks,
+)
 from api.startup import announce_auth_mode, check_models, seed_keys_from_file
 from api.webhook_sender import webhook_sender
 from core.config import Settings, get_settings
@@ -52,6 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_middleware(app, settings)  # body limit, authentication, CORS
     install_observability(app, settings)  # metrics, request ids, access log, /metrics
     install_security_headers(app, settings)  # outermost: on every response, /metrics included
-    for module in (openai_images, images, events, webhooks, models, admin_keys, files, health):
+    for module in (openai_images, images, events, webhooks, models, admin_keys, files, health, sdapi, playground):
         app.include_router(module.router)
     return app

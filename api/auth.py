@@ -4,15 +4,19 @@ Authentication runs as middleware, before the app reads a byte of the body: a ca
 a valid key is answered 401 without its (possibly large) body ever being buffered. The
 middleware also takes the key's request token (429 when the bucket is empty) and leaves the
 :class:`~core.apikeys.Principal` in the request state. Routes then ask for a scope with
-:func:`require` (403 when the key lacks it).
+:func:`require` (403 when the key lacks it). The key comes as ``Authorization: Bearer <key>``,
+or as the password of HTTP Basic (any user name), which is all AUTOMATIC1111 clients can send.
 
-Open without a key: the probes, the API docs and schema (they hold no secrets), and the
-signed local-file URLs (the signature is the capability). Everything else, including unknown
+Open without a key: the probes, the API docs and schema (they hold no secrets), the
+signed local-file URLs (the signature is the capability) and the playground's static page
+(it holds no secrets; the calls it makes carry the key the user types). Everything else, including unknown
 paths, needs a key, so a route added later is closed by default.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from typing import Annotated
 
@@ -26,8 +30,11 @@ from api.resources import ApiServices
 from core.apikeys import Principal, anonymous_principal
 from core.errors import Forbidden, ServiceError, Unauthorized
 
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
-PUBLIC_PREFIXES = ("/v1/files/",)
+PUBLIC_PATHS = frozenset(
+    {"/healthz", "/readyz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/", "/favicon.ico"}
+)
+#: Signed file URLs, and the browser playground's static files (the page asks for the key itself).
+PUBLIC_PREFIXES = ("/v1/files/", "/playground/")
 STATE_KEY = "principal"
 
 #: Declares the scheme in the OpenAPI schema (Swagger's "Authorize" button). The check itself
@@ -40,13 +47,34 @@ def is_public(path: str) -> bool:
 
 
 def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header; :class:`Unauthorized` otherwise."""
+    """The API key of an ``Authorization`` header; :class:`Unauthorized` otherwise.
+
+    ``Bearer <key>`` is the API's own scheme. ``Basic`` (base64 of ``user:key``, any user) is
+    accepted too, with the key as the password: AUTOMATIC1111 clients only know HTTP Basic
+    (A1111's ``--api-auth``), and they must reach ``/sdapi/v1`` with a Sfumato key unchanged."""
     if not authorization:
         raise Unauthorized("an API key is required: send 'Authorization: Bearer <key>'")
     scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() == "basic" and token.strip():
+        return _basic_password(token.strip())
     if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("the Authorization header must be 'Bearer <key>'", token_presented=True)
+        raise Unauthorized(
+            "the Authorization header must be 'Bearer <key>' (or HTTP Basic with the key as the password)",
+            token_presented=True,
+        )
     return token.strip()
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of HTTP Basic ``credentials`` (RFC 7617: base64 of ``user:password``)."""
+    try:
+        decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        raise Unauthorized("the Basic credentials are not valid base64 of 'user:key'", token_presented=True) from None
+    _user, colon, password = decoded.partition(":")
+    if not colon or not password:
+        raise Unauthorized("HTTP Basic needs the API key as the password ('user:key')", token_presented=True)
+    return password
 
 
 def authenticate(services: ApiServices, authorization: str | None) -> Principal:

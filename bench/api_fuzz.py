@@ -55,12 +55,24 @@ def no_internals_in_body(ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
+#: Endpoints that hold a valid request until a worker has made the images (api/synchronous.py).
+SYNCHRONOUS_OPERATIONS = frozenset(
+    {
+        "POST /v1/images/generations",
+        "POST /v1/images/edits",
+        "POST /v1/images/variations",
+        "POST /sdapi/v1/txt2img",
+        "POST /sdapi/v1/img2img",
+    }
+)
+
+
 @schemathesis.check
 def no_server_error(ctx: Any, response: Any, case: Any) -> bool | None:
     """schemathesis' ``not_a_server_error``, except the one 5xx that is an answer, not a crash:
-    the declared ``504 {"error": {"code": "timeout"}}`` of the synchronous OpenAI endpoint when
-    no image arrives in time (the fuzz target runs no worker)."""
-    if response.status_code == 504 and case.operation.label == "POST /v1/images/generations":
+    the declared ``504 {"error": {"code": "timeout"}}`` of a synchronous endpoint (OpenAI's,
+    A1111's) when no image arrives in time (the fuzz target runs no worker)."""
+    if response.status_code == 504 and case.operation.label in SYNCHRONOUS_OPERATIONS:
         body = response.json() if response.content else {}
         if isinstance(body, dict) and body.get("error", {}).get("code") == "timeout":
             return None
@@ -113,8 +125,8 @@ def _record_failures(report: FuzzReport, label: str, mode: str, group: FailureGr
 def fuzz(base_url: str, headers: dict[str, str], *, cases: int, seed: int = 0) -> FuzzReport:
     """Run at least ``cases`` generated requests against ``base_url``; returns the counts."""
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
-    # POST /v1/images/generations holds a valid request until a worker has made the images; the
-    # fuzz target runs no worker, so fuzz_env makes it give up (504, declared) after 0.1 s.
+    # The synchronous endpoints hold a valid request until a worker has made the images; the
+    # fuzz target runs no worker, so fuzz_env makes them give up (504, declared) after 0.1 s.
     operations = [result.ok() for result in schema.get_all_operations()]
     report = FuzzReport(schemathesis.__version__, seed, checks=[c.__name__ for c in CHECKS])
     stats: dict[str, Counter[str]] = defaultdict(Counter)
