@@ -6,6 +6,8 @@ The route table is read from the app, so a route added later without a row here 
 
 from __future__ import annotations
 
+import base64
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -13,6 +15,7 @@ import httpx
 import pytest
 import redis
 from fastapi.routing import APIRoute
+from PIL import Image
 
 from api.app import create_app
 from core.apikeys import KeyStore
@@ -39,6 +42,9 @@ ROWS = [
     Row("DELETE", "/v1/images/{job_id}", "images:write", 200),
     Row("GET", "/v1/images/{job_id}/events", "images:read", 200),
     Row("POST", "/v1/images/generations", "images:write", 504),  # served; no worker here, so it times out
+    # multipart forms: the matrix sends JSON, so a served request is a 422 naming the body
+    Row("POST", "/v1/images/edits", "images:write", 422),
+    Row("POST", "/v1/images/variations", "images:write", 422),
     Row("GET", "/v1/webhooks/secret", "images:write", 200),
     Row("POST", "/v1/webhooks/secret", "images:write", 200),
     Row("GET", "/v1/models", "images:read", 200),
@@ -46,12 +52,39 @@ ROWS = [
     Row("GET", "/v1/admin/keys", "admin", 200),
     Row("GET", "/v1/admin/keys/{key_id}", "admin", 200),
     Row("DELETE", "/v1/admin/keys/{key_id}", "admin", 200),
+    Row("POST", "/sdapi/v1/txt2img", "images:write", 504),  # served; no worker here, so it times out
+    Row("POST", "/sdapi/v1/img2img", "images:write", 504),
+    Row("GET", "/sdapi/v1/options", "images:read", 200),
+    Row("POST", "/sdapi/v1/options", "images:write", 200),
+    Row("GET", "/sdapi/v1/sd-models", "images:read", 200),
+    Row("GET", "/sdapi/v1/samplers", "images:read", 200),
+    Row("GET", "/sdapi/v1/schedulers", "images:read", 200),
+    Row("GET", "/sdapi/v1/scripts", "images:read", 200),
+    Row("GET", "/sdapi/v1/loras", "images:read", 200),
+    Row("GET", "/sdapi/v1/embeddings", "images:read", 200),
+    Row("GET", "/sdapi/v1/progress", "images:read", 200),
+    Row("POST", "/sdapi/v1/interrupt", "images:write", 200),
+    Row("POST", "/sdapi/v1/skip", "images:write", 200),
+    Row("POST", "/sdapi/v1/png-info", "images:read", 200),
 ]
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/files/{key:path}")}
+
+
+def _png_b64() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+_PNG = _png_b64()
 BODIES = {
     "/v1/images": {"prompt": "a fox", "steps": 2},
     "/v1/images/generations": {"prompt": "a fox", "steps": 2},
     "/v1/admin/keys": {"tenant": "new", "name": "n"},
+    "/sdapi/v1/txt2img": {"prompt": "a fox", "steps": 2},
+    "/sdapi/v1/img2img": {"prompt": "a fox", "steps": 2, "init_images": [_PNG]},
+    "/sdapi/v1/options": {},
+    "/sdapi/v1/png-info": {"image": _PNG},
 }
 #: A key with the wrong scope for each required scope.
 WRONG = {"images:write": "reader", "images:read": "writer", "admin": "full"}
