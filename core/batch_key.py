@@ -52,6 +52,25 @@ class BatchKey:
             refiner_switch_at=None if payload.refiner is None else payload.refiner.switch_at,
         )
 
+    @property
+    def classifier_free_guidance(self) -> bool:
+        """Whether the batch runs the unconditional UNet pass: only when ``guidance_scale > 1``.
+
+        Every pipeline class Sfumato calls (SD and SDXL txt2img, img2img, inpainting, ControlNet)
+        skips it at or below 1, so such a batch costs one UNet row per image instead of two
+        (tests/integration/test_fewstep.py counts them). ``guidance_scale`` itself stays in the key:
+        two jobs at 0.5 and 1.0 both skip the pass, yet they must not share a call, because a
+        guidance-distilled UNet (LCM models, ``time_cond_proj_dim``) embeds the scale itself and
+        draws differently, and one call takes one scale.
+        """
+        return self.guidance_scale > 1
+
+    @property
+    def unet_rows_per_image(self) -> int:
+        """UNet batch rows one image of this batch costs per step: 2 with guidance, else 1 (at
+        most: a guidance-distilled UNet takes 1 row at any scale, which only the worker knows)."""
+        return 2 if self.classifier_free_guidance else 1
+
     def digest(self) -> str:
         """A short stable string for Redis keys and logs (bounded: never a prompt)."""
         blob = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))

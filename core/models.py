@@ -82,6 +82,10 @@ class ModelSpec:
     config: str | None = None
     vae: str | None = None
     prediction_type: str | None = None
+    #: diffusers' ``timestep_spacing`` for every scheduler built for this model (leading,
+    #: linspace, trailing); None: whatever the model's own scheduler config says. Few-step
+    #: models distilled on trailing timesteps (SDXL-Turbo, Lightning, Hyper-SD) need "trailing".
+    timestep_spacing: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The shape ``GET /v1/models`` shows (no local paths: names and tokens only)."""
@@ -245,6 +249,7 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
         config=None if entry.config is None else resolve_path(entry.config, base),
         vae=None if entry.vae is None else resolve_path(entry.vae, base),
         prediction_type=entry.prediction_type,
+        timestep_spacing=entry.timestep_spacing,
         sizes=sizes,
         lora_dir=None if entry.lora_dir is None else resolve_path(entry.lora_dir, base),
         embeddings_dir=None if entry.embeddings_dir is None else resolve_path(entry.embeddings_dir, base),

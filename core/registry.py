@@ -18,6 +18,8 @@ Shape (every key but ``id``, ``source`` and ``family`` is optional)::
     default_steps = 25
     default_scheduler = "dpmpp_2m_karras"
     default_guidance = 7.0
+    timestep_spacing = "trailing"      # leading | linspace | trailing; default: the model's own
+                                       # scheduler config (few-step models: docs/models/registry.md)
     lora_dir = "./loras/sd1"           # default: SFUMATO_LORA_DIR
     embeddings_dir = "./embeddings/sd1"  # every .safetensors here is a token (its file name), as in A1111
                                        # default: <SFUMATO_DATA_DIR>/embeddings/<id>
@@ -51,7 +53,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import RegistryInvalid, UnknownChoice
-from core.scheduler_names import canonical_scheduler
+from core.scheduler_names import TimestepSpacing, canonical_scheduler, scheduler_max_steps
 
 #: Model ids and ControlNet names: what clients send; no spaces, no path separators.
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
@@ -117,6 +119,7 @@ class ModelEntry(_Strict):
     default_steps: int | None = Field(default=None, ge=1, le=1000)
     default_scheduler: str | None = None
     default_guidance: float | None = Field(default=None, ge=0, le=100)
+    timestep_spacing: TimestepSpacing | None = None
     lora_dir: str | None = Field(default=None, min_length=1)
     embeddings_dir: str | None = Field(default=None, min_length=1)
     refiner: str | None = Field(default=None, min_length=1)
@@ -159,6 +162,12 @@ class ModelEntry(_Strict):
             raise ValueError(f"source 'shapes' is the built-in shapes model: its family is 'sd1', not {self.family!r}")
         if self.source == "tiny-sdxl" and self.family != "sdxl":
             raise ValueError(f"source 'tiny-sdxl' is the built-in tiny SDXL: its family is 'sdxl', not {self.family!r}")
+        limit = None if self.default_scheduler is None else scheduler_max_steps(self.default_scheduler)
+        if limit is not None and self.default_steps is not None and self.default_steps > limit:
+            raise ValueError(
+                f"default_steps: {self.default_steps} is more than scheduler {self.default_scheduler!r} "
+                f"can run (at most {limit})"
+            )
         if self.refiner is not None and self.family != "sdxl":
             raise ValueError(f"refiner: only SDXL models take a refiner (family is {self.family!r})")
         if self.config is not None and not is_local_path(self.config):

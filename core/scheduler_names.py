@@ -7,6 +7,7 @@ maps the canonical names to diffusers classes.
 from __future__ import annotations
 
 import re
+from typing import Literal, get_args
 
 from core.errors import UnknownChoice
 
@@ -22,7 +23,21 @@ SCHEDULER_DISPLAY_NAMES: dict[str, str] = {
     "dpmpp_2m": "DPM++ 2M",
     "dpmpp_2m_karras": "DPM++ 2M Karras",
     "unipc": "UniPC",
+    # Few-step samplers for consistency-distilled models (LCM, LCM-LoRA; TCD-LoRA, Hyper-SD).
+    "lcm": "LCM",
+    "tcd": "TCD",
 }
+
+#: Schedulers that sample a fixed distillation schedule and cannot run more steps than it has:
+#: diffusers' LCMScheduler and TCDScheduler pick their timesteps from ``original_inference_steps``
+#: (diffusers' default, 50) and raise past it. The API refuses more steps up front.
+SCHEDULER_MAX_STEPS: dict[str, int] = {"lcm": 50, "tcd": 50}
+
+#: How a scheduler spreads its inference timesteps over the training schedule (diffusers'
+#: ``timestep_spacing``). ``trailing`` starts at the last training timestep (pure noise), which
+#: models distilled for 1-8 steps (SDXL-Turbo, Lightning, Hyper-SD) were trained to expect.
+TimestepSpacing = Literal["leading", "linspace", "trailing"]
+TIMESTEP_SPACINGS: tuple[str, ...] = get_args(TimestepSpacing)
 
 #: extra spellings, after folding (lower case, runs of space/-/. become "_", "+" becomes "p").
 _ALIASES: dict[str, str] = {
@@ -58,3 +73,8 @@ def canonical_scheduler(name: str) -> str:
         return _ALIASES[folded]
     valid = ", ".join(SCHEDULER_DISPLAY_NAMES)
     raise UnknownChoice(f"unknown scheduler {name!r}; valid schedulers: {valid}", param="scheduler")
+
+
+def scheduler_max_steps(name: str) -> int | None:
+    """The most steps the canonical scheduler ``name`` can run; None: no limit of its own."""
+    return SCHEDULER_MAX_STEPS.get(name)

@@ -15,7 +15,7 @@ from core.lora_tags import merge_lora_tags
 from core.loras import FORMAT_NAMES, REFUSED_FORMATS, available_loras, lora_format, lora_path
 from core.models import ModelSpec, resolve_model
 from core.prompt_syntax import check_prompt
-from core.scheduler_names import canonical_scheduler
+from core.scheduler_names import canonical_scheduler, scheduler_max_steps
 from core.schemas import MAX_SEED, ImageRequest, JobPayload, LoraWeight, Mode, RefinerSettings
 from core.uploads import inspect_upload
 
@@ -24,6 +24,18 @@ def _check_max(field: str, value: float, limit: float, *, what: str | None = Non
     """Refuse ``value > limit``; ``what`` names the quantity when it is not the field itself."""
     if value > limit:
         raise InvalidRequest(f"{what or field} is {value}; the maximum is {limit}", param=field)
+
+
+def _check_scheduler_steps(scheduler: str, steps: int) -> None:
+    """LCM and TCD pick their timesteps from a fixed distillation schedule (50 steps); diffusers
+    raises past it, so the request is refused here rather than failed by the worker."""
+    limit = scheduler_max_steps(scheduler)
+    if limit is not None and steps > limit:
+        raise InvalidRequest(
+            f"steps is {steps}; the maximum for scheduler {scheduler!r} is {limit} "
+            "(few-step samplers are meant for 1-8 steps)",
+            param="steps",
+        )
 
 
 def _check_size(field: str, value: int, settings: Settings, spec: ModelSpec) -> None:
@@ -177,6 +189,7 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
         )
     steps = spec.default_steps if request.steps is None else request.steps
     _check_max("steps", steps, settings.max_steps)
+    _check_scheduler_steps(scheduler, steps)
     _check_max("n", request.n, settings.max_n)
     guidance = spec.default_guidance if request.guidance_scale is None else request.guidance_scale
     if not settings.min_guidance <= guidance <= settings.max_guidance:

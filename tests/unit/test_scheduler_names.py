@@ -13,6 +13,7 @@ CANONICAL = sorted(SCHEDULER_DISPLAY_NAMES)
 def test_the_canonical_set() -> None:
     assert set(CANONICAL) == {
         "ddim", "ddpm", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m", "dpmpp_2m_karras", "unipc",
+        "lcm", "tcd",
     }  # fmt: skip
 
 
@@ -54,7 +55,7 @@ def test_a1111_and_common_spellings(spelling: str, canonical: str) -> None:
     assert canonical_scheduler(spelling) == canonical
 
 
-@pytest.mark.parametrize("name", ["DPM++ SDE Karras", "LCM", "", "euler_b"])
+@pytest.mark.parametrize("name", ["DPM++ SDE Karras", "Restart", "", "euler_b"])
 def test_unknown_scheduler_lists_valid_names(name: str) -> None:
     with pytest.raises(UnknownChoice) as info:
         canonical_scheduler(name)
