@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfumato-installed
 TEST_STAMP := $(VENV)/.sfumato-test-installed
 
-.PHONY: install install-test run test pytest lint bench clean prometheus-tools lock
+.PHONY: install install-test run test pytest lint bench clean prometheus-tools browser-tools lock
 
 # torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
 # multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
@@ -37,15 +37,20 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m devstack
 
 ## Lint, type-check and run the whole test suite.
-test: install-test prometheus-tools lint pytest
+test: install-test prometheus-tools browser-tools lint pytest
 
-pytest: install-test prometheus-tools
+pytest: install-test prometheus-tools browser-tools
 	$(PY) -m pytest -q
 
 ## prometheus + promtool (Debian package) for the deploy and scrape tests: installed when missing
 ## and root; otherwise those tests are skipped with the reason.
 prometheus-tools:
 	@bash deploy/prometheus/ensure-prometheus.sh
+
+## chromium (Debian package) for the browser playground tests, driven by Playwright: installed
+## when missing and root; otherwise those tests are skipped with the reason (they fail under CI=true).
+browser-tools:
+	@bash deploy/browser/ensure-chromium.sh
 
 ## Re-resolve the dependencies from pyproject.toml (newest allowed) and rewrite the lock.
 lock: install-test

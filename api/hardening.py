@@ -8,6 +8,8 @@ answers itself, and the 401, 413 and 429 answers of the middlewares inside it.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,13 +28,60 @@ DOCS_CSP = (
     "connect-src 'self'; worker-src blob:; frame-ancestors 'none'"
 )
 DOCS_PATHS = frozenset({"/docs", "/redoc", "/docs/oauth2-redirect"})
+#: The browser playground (api/routes/playground.py): its page, its favicon and its static files.
+PAGE_PATHS = frozenset({"/", "/favicon.ico"})
+PAGE_PREFIX = "/playground/"
+
+
+def _origin(url: str) -> str | None:
+    """``scheme://host[:port]`` of ``url``; None when it is not an absolute http(s) URL."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def image_origins(settings: Settings) -> list[str]:
+    """Where the image URLs the API hands out point, besides the API itself: the S3 endpoint
+    (presigned URLs), AWS's S3 hosts when no endpoint is set, and ``SFUMATO_PUBLIC_URL`` (the
+    base of local-disk file URLs, when it is not the page's own origin)."""
+    origins: list[str] = []
+    if settings.storage_backend == "s3":
+        if settings.s3_endpoint_url:
+            origins.append(_origin(settings.s3_endpoint_url) or "")
+        else:  # boto3's own AWS URLs: path style or virtual-hosted, global or regional
+            region, bucket = settings.s3_region, settings.s3_bucket
+            origins += ["https://s3.amazonaws.com", f"https://s3.{region}.amazonaws.com"]
+            origins += [f"https://{bucket}.s3.amazonaws.com", f"https://{bucket}.s3.{region}.amazonaws.com"]
+    if settings.public_url:
+        origins.append(_origin(settings.public_url) or "")
+    return sorted({o for o in origins if o})
+
+
+def playground_csp(settings: Settings) -> str:
+    """The page's policy: its own scripts and styles only (no inline code), images from itself,
+    ``data:``/``blob:`` (previews) and the image store; it may only call its own API."""
+    images = " ".join(["'self'", "data:", "blob:", *image_origins(settings)])
+    return (
+        "default-src 'none'; script-src 'self'; style-src 'self'; "
+        f"img-src {images}; connect-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    )
+
+
+def csp_for(path: str, page_csp: str) -> str:
+    """The CSP of a response to ``path``: the playground's, the docs' or the API's own."""
+    if path in PAGE_PATHS or path.startswith(PAGE_PREFIX):
+        return page_csp
+    return DOCS_CSP if path in DOCS_PATHS else API_CSP
 
 
 class SecurityHeaders:
     """Add the security headers every response should carry (a handler's own values win)."""
 
-    def __init__(self, app: ASGIApp, hsts_max_age_s: int = 0) -> None:
+    def __init__(self, app: ASGIApp, hsts_max_age_s: int = 0, page_csp: str = API_CSP) -> None:
         self.app = app
+        self.page_csp = page_csp
         self.hsts = f"max-age={hsts_max_age_s}; includeSubDomains" if hsts_max_age_s > 0 else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,7 +92,7 @@ class SecurityHeaders:
             (b"x-content-type-options", b"nosniff"),
             (b"x-frame-options", b"DENY"),
             (b"referrer-policy", b"no-referrer"),
-            (b"content-security-policy", (DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP).encode()),
+            (b"content-security-policy", csp_for(scope["path"], self.page_csp).encode()),
             (b"cache-control", b"no-store"),  # job views carry capability URLs
         ]
         if self.hsts:
@@ -85,4 +134,4 @@ def install_middleware(app: FastAPI, settings: Settings) -> None:
 
 def install_security_headers(app: FastAPI, settings: Settings) -> None:
     """Add :class:`SecurityHeaders` outermost: call after every other ``add_middleware``."""
-    app.add_middleware(SecurityHeaders, hsts_max_age_s=settings.hsts_max_age_s)
+    app.add_middleware(SecurityHeaders, hsts_max_age_s=settings.hsts_max_age_s, page_csp=playground_csp(settings))

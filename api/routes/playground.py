@@ -42,19 +42,19 @@ def _file(name: str) -> FileResponse:
     return FileResponse(STATIC_DIR / name, media_type=media_type, headers=_CACHE)
 
 
-@router.api_route("/", methods=["GET", "HEAD"])
+@router.get("/")
 def playground_page() -> FileResponse:
     """The playground page."""
     return _file("index.html")
 
 
-@router.api_route("/favicon.ico", methods=["GET", "HEAD"])
+@router.get("/favicon.ico")
 def favicon() -> FileResponse:
     """Browsers ask for it unprompted; an SVG answers (every current browser draws it)."""
     return _file("favicon.svg")
 
 
-@router.api_route("/playground/{name}", methods=["GET", "HEAD"])
+@router.get("/playground/{name}")
 def playground_file(name: str) -> FileResponse:
     """One of the page's static files (404 for any other name)."""
     return _file(name)

@@ -67,7 +67,15 @@ ROWS = [
     Row("POST", "/sdapi/v1/skip", "images:write", 200),
     Row("POST", "/sdapi/v1/png-info", "images:read", 200),
 ]
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/files/{key:path}")}
+PUBLIC = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/files/{key:path}"),
+    # the browser playground's page and static files (the calls it makes carry the key)
+    ("GET", "/"),
+    ("GET", "/favicon.ico"),
+    ("GET", "/playground/{name}"),
+}
 
 
 def _png_b64() -> str:
@@ -203,7 +211,7 @@ def test_every_route_is_in_the_matrix(matrix: Matrix) -> None:
 
 
 def test_public_routes_need_no_key_and_unknown_paths_do(matrix: Matrix) -> None:
-    for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"):
+    for path in ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/", "/favicon.ico", "/playground/app.js"):
         assert matrix.client.get(path).status_code == 200, path
     # Signed file URLs: the signature is the credential, an API key is neither needed nor enough.
     forged = matrix.client.get(

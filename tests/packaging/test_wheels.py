@@ -132,7 +132,7 @@ def test_the_client_wheel_is_the_sdk_alone(wheels: Wheels) -> None:
     assert _metadata(wheels.client, "License-Expression") == ["Apache-2.0"]
 
 
-def test_the_server_wheel_ships_core_api_worker_and_the_shapes_model(wheels: Wheels) -> None:
+def test_the_server_wheel_ships_core_api_worker_the_shapes_model_and_the_playground(wheels: Wheels) -> None:
     names = _names(wheels.server)
     tops = {n.split("/")[0] for n in names if not n.startswith("sfumato_server-0.1.0.dist-info/")}
     assert tops == set(SERVER_PACKAGES), sorted(tops)
@@ -146,6 +146,8 @@ def test_the_server_wheel_ships_core_api_worker_and_the_shapes_model(wheels: Whe
     assert {n for n in names if n.endswith(".py")} == sources, "a module is missing from the wheel (no __init__.py?)"
     model = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / SHAPES_MODEL).rglob("*") if p.is_file()}
     assert model and model <= set(names), sorted(model - set(names))
+    page = {p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "api" / "playground").iterdir() if p.is_file()}
+    assert page and page <= set(names), f"the playground's static files are missing: {sorted(page - set(names))}"
     assert _console_scripts(wheels.server) == {"sfumato-api", "sfumato-worker", "sfumato-admin"}
     assert _metadata(wheels.server, "Requires-Python") == [">=3.11"]
 
