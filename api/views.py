@@ -7,9 +7,20 @@ from typing import Literal
 
 from api.resources import ApiServices
 from core.jobs import JobRecord, redis_errors
+from core.lora_tags import extract_lora_tags
 from core.presence import live_workers
 from core.progress import latest_progress, queue_position
-from core.schemas import BatchInfo, ErrorBody, ImageOut, JobView, ProgressView, Timings, WebhookView
+from core.schemas import (
+    BatchInfo,
+    ErrorBody,
+    ImageOut,
+    JobParams,
+    JobPayload,
+    JobView,
+    ProgressView,
+    Timings,
+    WebhookView,
+)
 from core.storage import LocalStore, S3Store
 
 
@@ -45,6 +56,31 @@ def _absolute(url: str, base_url: str) -> str:
     if url.startswith("/"):
         return base_url.rstrip("/") + url
     return url
+
+
+def job_params(payload: JobPayload) -> JobParams:
+    """What ``payload`` asked for, as a resubmittable request: the prompt as written, and only
+    the LoRAs that its tags do not already name (the payload holds both, merged)."""
+    written = payload.prompt if payload.prompt_as_written is None else payload.prompt_as_written
+    # A tag of a stored prompt was valid when submitted, so reading it again cannot fail.
+    tagged = {lora.name for lora in extract_lora_tags(written).loras} if payload.prompt_as_written else set()
+    return JobParams(
+        prompt=written,
+        negative_prompt=payload.negative_prompt,
+        model=payload.model,
+        width=payload.width,
+        height=payload.height,
+        steps=payload.steps,
+        guidance_scale=payload.guidance_scale,
+        scheduler=payload.scheduler,
+        seed=payload.seed,
+        n=payload.n,
+        clip_skip=payload.clip_skip,
+        loras=[lora for lora in payload.loras if lora.name not in tagged],
+        strength=payload.strength,
+        output_format=payload.output_format,
+        refiner=payload.refiner,
+    )
 
 
 def job_view(
@@ -86,6 +122,7 @@ def job_view(
         waiting_for=extras.waiting_for if extras else None,
         progress=extras.progress if extras else None,
         webhook=extras.webhook if extras else None,
+        params=job_params(payload),
     )
 
 

@@ -277,6 +277,36 @@ class WebhookView(BaseModel):
     delivered_at: float | None = None
 
 
+class JobParams(BaseModel):
+    """What a job was asked to draw, as a ``POST /v1/images`` body would ask for it again.
+
+    Defaults are filled in and the seed resolved, so posting these fields back (to the same
+    server, same model) draws the same images; a client's "use these settings" reads them.
+    ``prompt`` is as written, ``<lora:>`` tags included; ``loras`` holds only the LoRAs of the
+    ``loras`` field (those of the tags are in the prompt), so resending both asks for each once.
+    Never here: the input images and masks (large, and the client has them; the view's ``mode``
+    says whether there were any), webhook URLs.
+    """
+
+    prompt: str = Field(..., description="The prompt as written, <lora:> tags included.")
+    negative_prompt: str
+    model: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str = Field(..., description="Canonical sampler name (a key of GET /v1/models' schedulers).")
+    seed: int = Field(..., description="The resolved seed (image i used seed + i), also when it was random.")
+    n: int
+    clip_skip: int
+    loras: list[LoraWeight] = Field(
+        default_factory=list, description="LoRAs of the request's loras field (tags are in prompt)."
+    )
+    strength: float | None = Field(None, description="img2img/inpaint noise strength; None for txt2img.")
+    output_format: OutputFormat = "png"
+    refiner: RefinerSettings | None = None
+
+
 class JobView(BaseModel):
     """Body of ``GET /v1/images/{id}`` (and of POST responses)."""
 
@@ -305,6 +335,9 @@ class JobView(BaseModel):
     )
     progress: ProgressView | None = None
     webhook: WebhookView | None = None
+    params: JobParams | None = Field(
+        None, description="What the job was asked to draw, resolved: resubmittable as a POST /v1/images body."
+    )
 
 
 class ErrorResponse(BaseModel):

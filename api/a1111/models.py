@@ -1,6 +1,7 @@
 """The request bodies of A1111's ``/sdapi/v1`` endpoints, as its API declares them.
 
-Every field A1111 1.x accepts is declared, so that what a real client sends parses; unknown
+Every field A1111 1.x accepts is declared, so that what a real client sends parses (plus the
+few that popular clients add: SD.Next's ``clip_skip``, SillyTavern's ``url``/``auth``); unknown
 fields are a 422 naming the field (A1111 ignores extras, but a field we do not know is a
 feature we do not know whether we honour). Which declared fields Sfumato honours, which it
 accepts only at their default and which it refuses is decided in api/a1111/translate.py and
@@ -65,6 +66,12 @@ class GenerationRequest(BaseModel):
     save_images: bool = False
     alwayson_scripts: dict[str, Any] = Field(default_factory=dict)
     infotext: Text | None = None
+    #: SD.Next's per-request clip skip (A1111 numbering); SillyTavern sends it to every A1111 server.
+    clip_skip: int | None = None
+    #: Not A1111's: SillyTavern's server forwards its own connection settings (the A1111 address,
+    #: and its ``user:password``) inside the body. They say nothing about the image; dropped.
+    url: Text | None = None
+    auth: Text | None = None
 
 
 class Txt2ImgRequest(GenerationRequest):

@@ -1,7 +1,8 @@
 """A succeeded job -> A1111's txt2img/img2img answer: ``images``, ``parameters``, ``info``.
 
 ``images`` are base64 PNGs exactly as stored (their infotext included); ``parameters`` echoes
-the request as A1111 does (init images and mask left out, as A1111 blanks them); ``info`` is
+the request as A1111 does (init images and mask left out, as A1111 blanks them; the model's
+defaults filled in where the request left a field out); ``info`` is
 A1111's ``Processed.js()``: a JSON *string* (clients ``json.loads`` it) with the seeds, prompts,
 infotexts, sampler, size and model of what actually ran.
 """
@@ -19,16 +20,41 @@ from PIL import Image
 from api.a1111.models import GenerationRequest
 from core.jobs import JobRecord
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
+from core.schemas import JobPayload
 from core.storage import LocalStore, S3Store
 
 #: Echoed as null: A1111 blanks the uploads in ``parameters`` (they can be megabytes).
 _BLANKED = ("init_images", "mask")
+#: Never echoed: not A1111's fields, and ``auth`` holds a password (api/a1111/models.py).
+_DROPPED = {"url", "auth"}
 
 
 def _infotext(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as image:
         text = image.info.get("parameters")
     return text if isinstance(text, str) else ""
+
+
+def echoed_parameters(body: GenerationRequest, payload: JobPayload) -> dict[str, Any]:
+    """A1111's ``parameters``: the request with its defaults filled in. A1111's defaults are
+    constants (512 x 512, 50 steps...); ours are the model's, known only once resolved, so the
+    fields left out are filled from the job. ``seed`` stays as sent (-1), as in A1111."""
+    unset_extras = {"clip_skip"} if body.clip_skip is None else set()  # SD.Next's, not A1111's
+    parameters = body.model_dump(mode="json", exclude=_DROPPED | unset_extras)
+    for field in _BLANKED:
+        if field in parameters:
+            parameters[field] = None
+    resolved = {
+        "steps": payload.steps,
+        "cfg_scale": payload.guidance_scale,
+        "width": payload.width,
+        "height": payload.height,
+        "sampler_name": SCHEDULER_DISPLAY_NAMES.get(payload.scheduler, payload.scheduler),
+    }
+    for field, value in resolved.items():
+        if parameters.get(field) is None:
+            parameters[field] = value
+    return parameters
 
 
 def generation_response(body: GenerationRequest, record: JobRecord, store: LocalStore | S3Store) -> dict[str, Any]:
@@ -73,9 +99,6 @@ def generation_response(body: GenerationRequest, record: JobRecord, store: Local
         "is_using_inpainting_conditioning": False,
         "version": "sfumato",
     }
-    parameters = body.model_dump(mode="json")
-    for field in _BLANKED:
-        if field in parameters:
-            parameters[field] = None
+    parameters = echoed_parameters(body, payload)
     images = [base64.b64encode(blob).decode() for blob in blobs] if body.send_images else []
     return {"images": images, "parameters": parameters, "info": json.dumps(info)}

@@ -3,8 +3,9 @@
 Since A1111 1.9 a sampler ("DPM++ 2M") and a noise schedule ("Karras") are two fields; older
 clients send one combined name ("DPM++ 2M Karras"). Sfumato's schedulers are the combined
 kind (core/scheduler_names.py), so the two fields are joined here: ``automatic`` (or no
-scheduler) is the sampler's own schedule, ``karras`` picks the sampler's Karras variant where
-Sfumato has one. Any other pairing is a 422 naming ``scheduler``.
+scheduler) is the sampler's default schedule as A1111 1.9+ has it (Karras for ``DPM++ 2M``),
+``uniform`` (``normal``, ``simple``) the plain one, ``karras`` the sampler's Karras variant where Sfumato has one. Any
+other pairing is a 422 naming ``scheduler``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,27 @@ from typing import Any
 from core.errors import InvalidRequest, ServiceError
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES, canonical_scheduler
 
-#: A1111 schedule names (lower-cased) that leave the sampler's own schedule.
+#: A1111 schedule names (lower-cased) that leave the sampler its own default schedule.
 AUTOMATIC = frozenset({"", "automatic"})
+#: The plain schedule: the model's timesteps evenly spaced, no Karras spacing. A1111's "Uniform",
+#: and its "Normal" and "Simple" (ported from ComfyUI), differ from it and each other only in
+#: rounding; SillyTavern sends "normal" until its user picks another.
+UNIFORM = frozenset({"uniform", "normal", "simple"})
 KARRAS = "karras"
-#: What ``GET /sdapi/v1/schedulers`` lists: the two schedules a request can combine with.
+#: Samplers whose default schedule is Karras since A1111 1.9, the version that split the schedule
+#: into its own ``scheduler`` field (modules/sd_samplers_kdiffusion.py: ``DPM++ 2M`` has
+#: ``{'scheduler': 'karras'}``), so "DPM++ 2M" + "Automatic" draws what A1111 draws.
+AUTOMATIC_IS_KARRAS = frozenset({"dpmpp_2m"})
+#: What ``GET /sdapi/v1/schedulers`` lists: the schedules a request can combine with.
 SCHEDULES: tuple[dict[str, Any], ...] = (
     {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1, "need_inner_model": False},
+    {
+        "name": "uniform",
+        "label": "Uniform",
+        "aliases": ["normal", "simple"],
+        "default_rho": -1,
+        "need_inner_model": True,
+    },
     {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0, "need_inner_model": False},
 )
 
@@ -48,6 +64,14 @@ def scheduler_for(sampler_name: str | None, schedule: str | None) -> str | None:
         message = f"unknown sampler_name {sampler_name!r}; valid samplers: {valid}"
         raise InvalidRequest(message, param="sampler_name") from exc
     if schedule_key in AUTOMATIC:
+        return (_karras_variant(canonical) or canonical) if canonical in AUTOMATIC_IS_KARRAS else canonical
+    if schedule_key in UNIFORM:
+        if canonical.endswith("_karras"):
+            raise InvalidRequest(
+                f"sampler {sampler_name!r} is a Karras sampler and scheduler {schedule!r} asks for the plain "
+                f"schedule; send sampler {SCHEDULER_DISPLAY_NAMES[canonical.removesuffix('_karras')]!r} with it",
+                param="scheduler",
+            )
         return canonical
     if schedule_key == KARRAS:
         variant = _karras_variant(canonical)
@@ -60,7 +84,9 @@ def scheduler_for(sampler_name: str | None, schedule: str | None) -> str | None:
             f"sampler {sampler_name!r} has no Karras schedule here; samplers with one: {with_karras or 'none'}",
             param="scheduler",
         )
-    raise InvalidRequest(f"unknown scheduler {schedule!r}; valid schedulers: automatic, karras", param="scheduler")
+    raise InvalidRequest(
+        f"unknown scheduler {schedule!r}; valid schedulers: automatic, uniform, karras", param="scheduler"
+    )
 
 
 def sampler_list() -> list[dict[str, Any]]:
@@ -68,6 +94,7 @@ def sampler_list() -> list[dict[str, Any]]:
     entries = []
     for canonical, display in SCHEDULER_DISPLAY_NAMES.items():
         aliases = [canonical]
-        options = {"scheduler": "karras"} if canonical.endswith("_karras") else {}
+        karras = canonical.endswith("_karras") or canonical in AUTOMATIC_IS_KARRAS
+        options = {"scheduler": "karras"} if karras else {}
         entries.append({"name": display, "aliases": aliases, "options": options})
     return entries

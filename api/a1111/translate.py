@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from api.a1111.controlnet import controlnet_units
 from api.a1111.models import GenerationRequest, Img2ImgRequest, Txt2ImgRequest
-from api.a1111.options import CLIP_SKIP, MODEL, PREVIEWS, CallerOptions, clip_layers_of, model_id_of
+from api.a1111.options import CLIP_SKIP, MODEL, PREVIEWS, READ_ONLY, CallerOptions, clip_layers_of, model_id_of
 from api.a1111.samplers import scheduler_for
 from api.a1111.unsupported import IMG2IMG, TXT2IMG, refuse_unsupported
 from api.errors import param_path
@@ -51,10 +51,13 @@ def their_param(param: str | None) -> str | None:
 
 def _effective_options(body: GenerationRequest, options: CallerOptions, settings: Settings) -> CallerOptions:
     overrides = body.override_settings or {}
-    for key in overrides:
+    for key, value in overrides.items():
+        if key in READ_ONLY and value == READ_ONLY[key]:
+            continue  # what GET /options shows (e.g. sd_vae "Automatic"): asks for nothing else
         if key not in _OVERRIDABLE:
+            shown = f" (only {READ_ONLY[key]!r}, as GET /options shows)" if key in READ_ONLY else ""
             raise InvalidRequest(
-                f"override_settings.{key} is not supported; supported: {', '.join(_OVERRIDABLE)}",
+                f"override_settings.{key} is not supported{shown}; supported: {', '.join(_OVERRIDABLE)}",
                 param=f"override_settings.{key}",
             )
     model = options.model
@@ -63,6 +66,15 @@ def _effective_options(body: GenerationRequest, options: CallerOptions, settings
     layers = options.clip_layers
     if CLIP_SKIP in overrides:
         layers = clip_layers_of(settings, overrides[CLIP_SKIP], f"override_settings.{CLIP_SKIP}")
+    if body.clip_skip is not None:  # SD.Next's spelling of the same override
+        asked = clip_layers_of(settings, body.clip_skip, "clip_skip")
+        if CLIP_SKIP in overrides and asked != layers:
+            raise InvalidRequest(
+                f"clip_skip is {body.clip_skip} but override_settings.{CLIP_SKIP} is {overrides[CLIP_SKIP]}; "
+                "send one, or the same value in both",
+                param="clip_skip",
+            )
+        layers = asked
     previews = options.previews
     if PREVIEWS in overrides:
         previews = bool(overrides[PREVIEWS])

@@ -56,7 +56,6 @@ COMMON: dict[str, Rule] = {
     "disable_extra_networks": Rule(_one_of(False), "false", "leaving <lora:> tags in the prompt as plain text"),
     "script_name": Rule(lambda v: v in (None, "", "None"), "null", "an A1111 script, which this server does not run"),
     "script_args": Rule(_empty, "[]", "arguments of an A1111 script"),
-    "save_images": Rule(_one_of(False), "false", "saving images on the server's disk (results come back here)"),
     "infotext": Rule(lambda v: not v, "null", "reading the settings from an infotext"),
 }
 

@@ -7,7 +7,6 @@ import { curlFor, pythonFor } from "./snippets.js";
 
 const $ = (id) => document.getElementById(id);
 const FINAL = new Set(["succeeded", "failed", "canceled"]);
-const REQUESTS_ITEM = "sfumato.requests"; // this tab's submitted bodies, by job id
 let current = null; // { id, abort, waitingFor }
 let keysOff = false;
 
@@ -48,18 +47,6 @@ async function loadModels() {
 }
 
 // --- one job: submit, watch, cancel --------------------------------------------------------
-function remember(jobId, body) {
-  const saved = JSON.parse(sessionStorage.getItem(REQUESTS_ITEM) || "{}");
-  saved[jobId] = body;
-  const ids = Object.keys(saved);
-  for (const old of ids.slice(0, Math.max(0, ids.length - 50))) delete saved[old];
-  sessionStorage.setItem(REQUESTS_ITEM, JSON.stringify(saved));
-}
-
-function remembered(jobId) {
-  return JSON.parse(sessionStorage.getItem(REQUESTS_ITEM) || "{}")[jobId];
-}
-
 async function generate(event) {
   event.preventDefault();
   clearErrors();
@@ -67,7 +54,6 @@ async function generate(event) {
   $("generate").disabled = true;
   try {
     const job = await call("POST", "/v1/images", body);
-    remember(job.id, body);
     $("results").replaceChildren();
     $("preview-image").hidden = true;
     $("progress").value = 0;
@@ -224,7 +210,10 @@ function galleryItem(job) {
   const when = new Date(job.created_at * 1000).toLocaleTimeString();
   const text = document.createElement("p");
   text.id = `job-${job.id}-text`;
-  text.textContent = `${job.status} · ${job.model}${size} · ${job.n} image${job.n === 1 ? "" : "s"} · ${when}`;
+  const prompt = job.params ? job.params.prompt : "";
+  const shown = prompt.length > 80 ? `${prompt.slice(0, 79)}…` : prompt;
+  text.textContent = `${shown ? `“${shown}” · ` : ""}${job.status} · ${job.model}${size} · ` +
+    `${job.n} image${job.n === 1 ? "" : "s"} · ${when}`;
   const use = Object.assign(document.createElement("button"), { type: "button", textContent: "Use these settings" });
   use.setAttribute("aria-describedby", text.id); // which job's settings, for screen readers
   use.addEventListener("click", () => useSettings(job));
@@ -233,9 +222,11 @@ function galleryItem(job) {
 }
 
 function useSettings(job) {
-  const body = { ...(remembered(job.id) || { model: job.model, n: job.n }) };
+  // The job view's params: what it was asked for, defaults filled and the seed resolved, so the
+  // same settings draw the same image again, whichever tab or client submitted it.
+  const body = { ...(job.params || { model: job.model, n: job.n }) };
   const first = job.images[0];
-  if (first) Object.assign(body, { width: first.width, height: first.height, seed: first.seed });
+  if (!job.params && first) Object.assign(body, { width: first.width, height: first.height, seed: first.seed });
   fillRequest(body);
   say("gallery-status", `The settings of job ${job.id.slice(0, 8)} are in the form.`);
   $("prompt").focus();

@@ -131,6 +131,35 @@ def scripts(_reader: Reader) -> dict[str, list[str]]:
     return {"txt2img": [], "img2img": []}
 
 
+#: Lists A1111 serves of things Sfumato has none of. Clients fetch them to fill their menus
+#: (SillyTavern: VAEs and upscalers; bots: styles); an empty list is the true answer, where a
+#: 404 would read as "this is not an A1111 server".
+NOTHING_HERE = (
+    "sd-vae",
+    "upscalers",
+    "latent-upscale-modes",
+    "prompt-styles",
+    "hypernetworks",
+    "face-restorers",
+    "realesrgan-models",
+)
+
+
+def _nothing_here(_reader: Reader) -> list[Any]:
+    """None here: Sfumato has no separate VAEs, upscalers, styles, hypernetworks or face restorers."""
+    return []
+
+
+for _path in NOTHING_HERE:
+    router.add_api_route(
+        f"/{_path}",
+        _nothing_here,
+        methods=["GET"],
+        name=f"sdapi_{_path}",
+        responses={**_JSON, **documented(*AUTHENTICATED)},
+    )
+
+
 @router.get("/loras", responses={**_JSON, **documented(*AUTHENTICATED)})
 def loras(services: Services, principal: Reader) -> list[dict[str, Any]]:
     """The LoRAs of the caller's current model (``<lora:name:w>`` in a prompt uses them)."""

@@ -81,6 +81,9 @@ class Job(_Model):
     waiting_for: str | None = None
     progress: Progress | None = None
     webhook: WebhookStatus | None = None
+    #: What the job was asked to draw (defaults filled, seed resolved), shaped as a request body:
+    #: ``client.generate(**job.params)`` draws the same images (None: a server before params).
+    params: dict[str, Any] | None = None
 
     @property
     def done(self) -> bool:

@@ -292,24 +292,32 @@ def test_a_bad_size_shows_the_api_message_next_to_the_size_field(page: Any, stac
     playwright_api.expect(error).to_be_hidden()
 
 
-def test_the_gallery_restores_a_jobs_settings(page: Any, stack: Stack) -> None:
-    _fill(page, Prompt="a red kite over hills", **{"Negative prompt": "blurry"}, Steps="3")
-    page.get_by_label(LORA, exact=True).check()  # the model's LoRA, offered from GET /v1/models
-    _fill(page, **{f"{LORA} scale": "0.5"})
-    page.get_by_role("button", name="Generate").click()
-    playwright_api.expect(_status(page)).to_contain_text("Done")
-    seed = page.get_by_role("list", name="Results").locator("img").first.get_attribute("alt").rsplit(" ", 1)[1]
-    page.reload()  # a new load of the page: the gallery comes from GET /v1/images
-    playwright_api.expect(page.locator("#gallery li")).not_to_have_count(0)
+def test_the_gallery_restores_the_settings_of_a_job_submitted_elsewhere(page: Any, stack: Stack) -> None:
+    """A job this tab never saw (another client, over the API): its settings come from the job
+    view's params, not from anything the page kept."""
+    body = {
+        "prompt": "a red kite over hills",
+        "negative_prompt": "blurry",
+        "steps": 3,
+        "guidance_scale": 5.5,
+        "scheduler": "euler",
+        "width": 72,
+        "loras": [{"name": LORA, "scale": 0.5}],
+    }
+    job = _wait_job(stack.client, stack.client.post("/v1/images", json=body).json()["id"], {"succeeded"})
+    seed = str(job["images"][0]["seed"])
+    page.get_by_role("button", name="Refresh").click()  # the page was opened before the job
+    newest = page.locator(f'#gallery li[data-job="{job["id"]}"]')
+    playwright_api.expect(newest.locator("img")).to_have_attribute("alt", f"Image of job {job['id'][:8]}, seed {seed}")
+    playwright_api.expect(newest.locator("p")).to_contain_text("“a red kite over hills” · succeeded")
     assert page.get_by_label("Prompt", exact=True).input_value() == ""
-    newest = page.locator("#gallery li").first
-    playwright_api.expect(newest.locator("img")).to_have_attribute(
-        "alt", f"Image of job {newest.get_attribute('data-job')[:8]}, seed {seed}"
-    )
     newest.get_by_role("button", name="Use these settings").click()
     assert page.get_by_label("Prompt", exact=True).input_value() == "a red kite over hills"
     assert page.get_by_label("Negative prompt").input_value() == "blurry"
     assert page.get_by_label("Steps").input_value() == "3"
+    assert page.get_by_label("Guidance").input_value() == "5.5"
+    assert page.locator("#scheduler").input_value() == "euler"
+    assert page.get_by_label("Width", exact=True).input_value() == "72"
     assert not page.get_by_label("Random seed").is_checked()
     assert page.get_by_label("Seed", exact=True).input_value() == seed  # the same image again
     assert page.get_by_label(LORA, exact=True).is_checked()

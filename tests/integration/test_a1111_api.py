@@ -22,6 +22,7 @@ import redis
 from PIL import Image, PngImagePlugin
 
 from api.app import create_app
+from api.routes.sdapi import NOTHING_HERE
 from core.config import Settings
 from core.models import queue_name
 from core.schemas import JobPayload, OutputFormat
@@ -129,12 +130,16 @@ def test_options_are_per_key_and_checked(api: Api) -> None:
 def test_lists_answer_in_a1111_shapes(api: Api) -> None:
     models = api.client.get("/sdapi/v1/sd-models").json()
     assert [m["title"] for m in models] == ["tiny"] and {"model_name", "hash", "filename"} <= set(models[0])
-    samplers = {s["name"] for s in api.client.get("/sdapi/v1/samplers").json()}
-    assert {"Euler a", "DPM++ 2M", "DDIM"} <= samplers
-    assert [s["name"] for s in api.client.get("/sdapi/v1/schedulers").json()] == ["automatic", "karras"]
+    samplers = {s["name"]: s for s in api.client.get("/sdapi/v1/samplers").json()}
+    assert {"Euler a", "DPM++ 2M", "DDIM"} <= set(samplers)
+    assert samplers["DPM++ 2M"]["options"] == {"scheduler": "karras"}  # its default schedule, as A1111 1.9+
+    assert [s["name"] for s in api.client.get("/sdapi/v1/schedulers").json()] == ["automatic", "uniform", "karras"]
     assert api.client.get("/sdapi/v1/loras").json() == []
     assert api.client.get("/sdapi/v1/embeddings").json() == {"loaded": {}, "skipped": {}}
     assert api.client.get("/sdapi/v1/scripts").json() == {"txt2img": [], "img2img": []}
+    for path in NOTHING_HERE:  # menus clients fill: empty, not a 404
+        assert api.client.get(f"/sdapi/v1/{path}").json() == [], path
+    assert api.client.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == models[0]["title"]
     idle = api.client.get("/sdapi/v1/progress").json()
     assert idle["progress"] == 0 and idle["state"]["job_count"] == 0 and idle["current_image"] is None
 

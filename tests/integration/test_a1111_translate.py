@@ -105,7 +105,12 @@ def test_seed_minus_one_is_random_and_override_settings_apply_to_the_request(mak
     ("sampler", "schedule", "expected"),
     [
         ("Euler a", "automatic", "euler_a"),
+        ("Euler a", "Uniform", "euler_a"),
         ("DPM++ 2M", "Karras", "dpmpp_2m_karras"),
+        ("DPM++ 2M", "automatic", "dpmpp_2m_karras"),  # A1111 1.9+: its default schedule is Karras
+        ("DPM++ 2M", None, "dpmpp_2m_karras"),
+        ("DPM++ 2M", "uniform", "dpmpp_2m"),  # the plain schedule, asked for by name
+        ("DPM++ 2M", "normal", "dpmpp_2m"),  # SillyTavern's default: the plain schedule too
         ("DPM++ 2M Karras", None, "dpmpp_2m_karras"),
         ("DPM++ 2M Karras", "karras", "dpmpp_2m_karras"),
         ("k_lms", "", "lms"),
@@ -118,7 +123,12 @@ def test_sampler_and_scheduler_join_into_one_of_ours(sampler, schedule, expected
 
 @pytest.mark.parametrize(
     ("sampler", "schedule", "param"),
-    [("Euler a", "Karras", "scheduler"), ("Euler", "exponential", "scheduler"), ("DPM++ 3M SDE", None, "sampler_name")],
+    [
+        ("Euler a", "Karras", "scheduler"),
+        ("Euler", "exponential", "scheduler"),
+        ("DPM++ 2M Karras", "uniform", "scheduler"),
+        ("DPM++ 3M SDE", None, "sampler_name"),
+    ],
 )
 def test_an_unknown_sampler_or_pairing_is_refused(sampler, schedule, param) -> None:
     with pytest.raises(InvalidRequest) as caught:
@@ -138,7 +148,6 @@ def test_an_unknown_sampler_or_pairing_is_refused(sampler, schedule, param) -> N
         ("styles", ["my style"]),
         ("s_churn", 0.3),
         ("eta", 0.4),
-        ("save_images", True),
         ("disable_extra_networks", True),
     ],
 )
@@ -147,6 +156,57 @@ def test_a_field_asking_for_what_sfumato_does_not_do_is_a_422_naming_it(make_set
         _txt2img(make_settings(), **{field: value})
     assert caught.value.param == field
     assert "docs/api/a1111.md" in caught.value.message
+
+
+#: What SillyTavern's image extension sends for an A1111 source (its server forwards the body as
+#: it is, its own ``url`` and ``auth`` included): public/scripts/extensions/stable-diffusion.
+SILLYTAVERN_TXT2IMG = {
+    "url": "http://127.0.0.1:8000",
+    "auth": "me:sf_secret",
+    "prompt": "best quality, a red fox",
+    "negative_prompt": "lowres",
+    "sampler_name": "Euler a",
+    "scheduler": "automatic",
+    "steps": 20,
+    "cfg_scale": 7,
+    "width": 512,
+    "height": 512,
+    "restore_faces": False,
+    "enable_hr": False,
+    "hr_upscaler": "Latent",
+    "hr_scale": 2.0,
+    "hr_additional_modules": [],
+    "denoising_strength": 0.7,
+    "hr_second_pass_steps": 0,
+    "override_settings": {"CLIP_stop_at_last_layers": 2, "sd_vae": "Automatic"},
+    "override_settings_restore_afterwards": True,
+    "clip_skip": 2,
+    "save_images": True,
+    "send_images": True,
+    "do_not_save_grid": False,
+    "do_not_save_samples": False,
+}
+
+
+def test_sillytavern_requests_translate(make_settings) -> None:
+    """Its connection fields are dropped, save_images is what Sfumato does anyway (every job's
+    images stay in the store), and sd_vae at the value GET /options shows asks for nothing."""
+    body = Txt2ImgRequest.model_validate(SILLYTAVERN_TXT2IMG)
+    request = txt2img_request(body, OPTIONS, make_settings())
+    assert (request.prompt, request.negative_prompt) == ("best quality, a red fox", "lowres")
+    assert request.scheduler == "euler_a"
+    assert request.clip_skip == 1 and request.seed is None and request.n == 1
+    assert "sf_secret" not in request.model_dump_json()
+
+
+def test_sdnext_clip_skip_is_the_override_by_another_name(make_settings) -> None:
+    assert _txt2img(make_settings(), clip_skip=3).clip_skip == 2  # A1111 numbering, as SD.Next's
+    with pytest.raises(InvalidRequest) as caught:
+        _txt2img(make_settings(), clip_skip=3, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert caught.value.param == "clip_skip"
+    with pytest.raises(InvalidRequest) as caught:
+        _txt2img(make_settings(), clip_skip=0)
+    assert caught.value.param == "clip_skip"
 
 
 def test_unknown_fields_are_refused_by_the_model() -> None:

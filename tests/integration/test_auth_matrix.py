@@ -18,6 +18,7 @@ from fastapi.routing import APIRoute
 from PIL import Image
 
 from api.app import create_app
+from api.routes.sdapi import NOTHING_HERE
 from core.apikeys import KeyStore
 from core.config import Settings
 from core.jobs import connect
@@ -66,6 +67,7 @@ ROWS = [
     Row("POST", "/sdapi/v1/interrupt", "images:write", 200),
     Row("POST", "/sdapi/v1/skip", "images:write", 200),
     Row("POST", "/sdapi/v1/png-info", "images:read", 200),
+    *(Row("GET", f"/sdapi/v1/{path}", "images:read", 200) for path in NOTHING_HERE),  # empty lists for menus
 ]
 PUBLIC = {
     ("GET", "/healthz"),
