@@ -151,3 +151,22 @@ def test_the_leader_is_moved_to_its_intermediate_queue_not_popped(make_settings,
     assert IntermediateQueue(queue.key, clean_redis).get_job_ids() == [urgent.job_id]
     with pytest.raises(DequeueTimeout):  # the interactive queue alone is empty now: blocks, then times out
         ScheduledQueue.dequeue_any(queues[:1], 1, connection=clean_redis, serializer=JSONSerializer)
+
+
+def test_the_command_channel_is_read_in_short_polls_so_a_worker_exits_promptly(
+    make_settings: Any, clean_redis: redis.Redis, engine: Engine, tmp_path: Path
+) -> None:
+    """RQ reads its command channel in 60 s blocks and its unsubscribe waits for the read in
+    progress: every exit (SIGTERM drain, burst run) then lagged up to a minute after the last job."""
+    settings = make_settings()
+    worker = SfumatoWorker(
+        list(queue_names(settings, "tiny").values()), engine=engine, store=LocalStore(tmp_path, b"k" * 32),
+        settings=settings, connection=clean_redis,
+    )  # fmt: skip
+    worker.subscribe()
+    try:
+        assert worker.pubsub_thread is not None and worker.pubsub_thread.sleep_time <= 1
+        assert worker.pubsub_thread.is_alive()
+    finally:
+        worker.unsubscribe()
+    assert not worker.pubsub_thread.is_alive()
