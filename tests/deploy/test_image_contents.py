@@ -11,13 +11,15 @@ here with the module's name instead of crash-looping a deployment.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from deploy.docker.requirements import requirements
 from tests.support.dockerfile import DOCKERFILE, Stage, assemble, ignore_rules, ignored, resolve
-from tests.support.image_imports import ProbeResult, closure, image_requirements, probe
+from tests.support.image_imports import Closure, ProbeResult, closure, image_requirements, probe
 from tests.support.processes import REPO_ROOT
 
 PYPROJECT = REPO_ROOT / "pyproject.toml"
@@ -44,6 +46,22 @@ def _describe(what: str, failure: dict[str, str], refused: list[str], trace: boo
     return f"{what}: {failure['error']}{why}" + (f"\n{failure['trace']}" if trace else "")
 
 
+#: Probe results by everything a probe sees (see :func:`_probe_key`). The CUDA and CPU worker
+#: images copy the same files and, on this machine, resolve to the same installed packages
+#: (the CUDA-only ones are absent here either way), so one probe answers for both: the probe
+#: is a subprocess importing every module of the image, torch included, the costly part.
+_PROBES: dict[str, ProbeResult] = {}
+
+
+def _probe_key(workdir: Path, module: str, installed: Closure, factory: tuple[str | None, str | None]) -> str:
+    """A digest of the probe's whole input: every file's path and bytes, the entry module, the
+    distributions it may import and the factory. Equal keys give equal probes."""
+    digest = hashlib.sha256(json.dumps([module, sorted(installed.distributions), factory]).encode())
+    for path in sorted(p for p in workdir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(workdir).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="module", params=sorted(RUNTIME_STAGES))
 def stage_probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Stage, ProbeResult]:
     stage = RUNTIME_STAGES[request.param]
@@ -53,7 +71,10 @@ def stage_probe(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     wanted = image_requirements(DOCKERFILE.read_text(), stage.name)
     installed = closure([*requirements(PYPROJECT, list(wanted.extras)), *wanted.packages])
     factory = (APP_FACTORY, SETTINGS) if module == "api" else (None, None)
-    return stage, probe(workdir, module, installed, *factory)
+    key = _probe_key(workdir, module, installed, factory)
+    if key not in _PROBES:
+        _PROBES[key] = probe(workdir, module, installed, *factory)
+    return stage, _PROBES[key]
 
 
 def test_there_are_images_to_check() -> None:
