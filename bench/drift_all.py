@@ -8,6 +8,7 @@ every case of its ``PARTNER_PROMPTS`` hook), and each partner alone against co-b
 
     python -m bench.drift_all                          # the full matrix, 6 steps: ~1 h on 2 idle cores
     python -m bench.drift_all --model shapes --scheduler euler_a --steps 20
+    python -m bench.drift_all --scheduler euler_a --prompts long --prompts weighted   # new partner kinds
 
 ``tests/integration/test_batch_invariance_models.py`` checks a representative part of the
 matrix against the same documented bound on every ``make test``.
@@ -34,21 +35,22 @@ from worker.pipelines.engine import Engine
 
 
 def run_model(
-    model: str, schedulers: list[str], modes: list[str], steps: int, data_dir: Path
+    model: str, schedulers: list[str], modes: list[str], prompt_kinds: list[str], steps: int, data_dir: Path
 ) -> Iterator[dict[str, Any]]:
     """Every mode x scheduler x partner-prompt case of one model; one summary row per case."""
     engine = Engine.load(engine_settings(data_dir, model=model))
     guidance = engine.spec.default_guidance
     for mode in modes:
         for scheduler in schedulers:
-            for prompts in PARTNER_PROMPTS:
+            for prompts in prompt_kinds:
                 case = Case(model, scheduler, mode, prompts, steps)
                 started = time.perf_counter()
                 rows = measure(lambda jobs: engine.generate_arrays(jobs), case, guidance)
                 figures = worst(rows)
                 row = {"model": model, "scheduler": scheduler, "mode": mode, "prompts": prompts, "steps": steps,
                        "size": MODEL_SIZES[model], "guidance": guidance, **figures, "within_bound": within(figures),
-                       "positions": rows, "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
+                       "positions": rows, "seconds": round(time.perf_counter() - started, 1),
+                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
                 print({k: v for k, v in row.items() if k != "positions"}, flush=True)
                 yield row
 
@@ -70,28 +72,36 @@ def main() -> None:
     parser.add_argument("--model", action="append", choices=sorted(MODEL_SIZES), help="default: every built-in model")
     parser.add_argument("--scheduler", action="append", choices=sorted(SCHEDULER_DISPLAY_NAMES), help="default: all")
     parser.add_argument("--mode", action="append", choices=MODES, help="default: all three")
+    parser.add_argument(
+        "--prompts", action="append", choices=list(PARTNER_PROMPTS), help="partner prompt kinds; default: all"
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--out", type=Path, default=RESULTS / "drift-all.json")
     args = parser.parse_args()
     models = args.model or list(MODEL_SIZES)
     schedulers = args.scheduler or list(SCHEDULER_DISPLAY_NAMES)
     modes = args.mode or list(MODES)
+    prompt_kinds = args.prompts or list(PARTNER_PROMPTS)
     # Cases not measured this time are kept from the file: a part of the matrix can be re-measured alone.
     kept = json.loads(args.out.read_text())["cases"] if args.out.exists() else []
-    cases = [c for c in kept if not (c["model"] in models and c["scheduler"] in schedulers and c["mode"] in modes)]
+    selection = {"model": models, "scheduler": schedulers, "mode": modes, "prompts": prompt_kinds}
+    cases = [c for c in kept if not all(c[name] in chosen for name, chosen in selection.items())]
+    in_parts = bool(cases)  # the file then holds cases measured by earlier, partial runs
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
-            for row in run_model(model, schedulers, modes, args.steps, Path(tmp)):
+            for row in run_model(model, schedulers, modes, prompt_kinds, args.steps, Path(tmp)):
                 cases.append(row)
-                write(args.out, cases, args.steps)  # after each case: a long run leaves what it measured
+                write(args.out, cases, args.steps, in_parts)  # after each case: a long run leaves what it measured
 
 
-def write(out: Path, cases: list[dict[str, Any]], steps: int) -> None:
-    order = [*MODEL_SIZES, *SCHEDULER_DISPLAY_NAMES, *MODES]
-    cases = sorted(cases, key=lambda c: (order.index(c["model"]), order.index(c["scheduler"]), order.index(c["mode"])))
+def write(out: Path, cases: list[dict[str, Any]], steps: int, in_parts: bool = False) -> None:
+    order = [*MODEL_SIZES, *SCHEDULER_DISPLAY_NAMES, *MODES, *PARTNER_PROMPTS]
+    cases = sorted(cases, key=lambda c: tuple(order.index(c[k]) for k in ("model", "scheduler", "mode", "prompts")))
     result = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python -m bench.drift_all" + ("" if steps == 6 else f" --steps {steps}"),
+        "command": "python -m bench.drift_all"
+        + ("" if steps == 6 else f" --steps {steps}")
+        + (", run in parts with --model/--scheduler/--mode/--prompts (the cells shown)" if in_parts else ""),
         "dtype": "float32",
         "device": "cpu",
         "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "processor": platform.machine()},

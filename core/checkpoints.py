@@ -21,17 +21,25 @@ What each family's detection looks at (the first match wins):
   several trainers write) means v-prediction; otherwise SD 2.x text-to-image is taken as the
   768-v model (the common SD 2.x checkpoint, as diffusers does) and every other family as
   epsilon. The registry's ``prediction_type`` overrides both.
+
+What a model serves (:func:`source_modes`): a 9-channel (inpainting) UNet reads a mask and a
+masked image beside the latents, so it draws only inpainting requests; txt2img and img2img on
+it are refused before anything is enqueued (:func:`check_mode`, a 422 naming ``mask``), and
+``GET /v1/models`` lists ``modes: ["inpaint"]``. The same holds for a diffusers folder whose
+``unet/config.json`` says ``in_channels: 9``.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from core.errors import ModelUnavailable
+from core.errors import InvalidRequest, ModelUnavailable
 
 Family = Literal["sd1", "sd2", "sdxl", "sdxl-refiner"]
 Prediction = Literal["epsilon", "v_prediction"]
@@ -40,6 +48,9 @@ Prediction = Literal["epsilon", "v_prediction"]
 MAX_HEADER_BYTES = 64 * 1024 * 1024
 UNET_IN = "model.diffusion_model.input_blocks.0.0.weight"
 SUFFIX = ".safetensors"
+#: What a text-to-image UNet serves, and what an inpainting (9-channel) one does.
+ALL_MODES: tuple[str, ...] = ("txt2img", "img2img", "inpaint")
+INPAINT_ONLY: tuple[str, ...] = ("inpaint",)
 
 
 def is_single_file(source: str) -> bool:
@@ -56,6 +67,11 @@ class CheckpointInfo:
     prediction: Prediction
     #: Which keys decided it, for messages and logs.
     evidence: str
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The request modes this checkpoint can draw (see the module docstring)."""
+        return INPAINT_ONLY if self.inpaint else ALL_MODES
 
     @property
     def config_name(self) -> str:
@@ -156,3 +172,55 @@ def inspect_checkpoint(path: str, model_id: str) -> CheckpointInfo:
 def served_family(info: CheckpointInfo) -> Literal["sd1", "sd2", "sdxl"]:
     """The service family (ModelSpec.family) of a detected checkpoint."""
     return "sdxl" if info.family in ("sdxl", "sdxl-refiner") else info.family  # type: ignore[return-value]
+
+
+def source_modes(source: str) -> tuple[str, ...]:
+    """The request modes a model ``source`` can serve: only inpainting for a 9-channel UNet (a
+    single-file checkpoint's header, or a local diffusers folder's ``unet/config.json``), else all.
+
+    Torch-free and cheap (the header is read once per file version), so the API can call it for
+    every served model. A source it cannot read (a hub id, a file only the workers mount, a
+    broken file) counts as serving every mode: the worker then refuses a mode its UNet cannot
+    draw, and a broken file stops it at start-up.
+    """
+    path = Path(source).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return ALL_MODES
+    return _modes_of(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=64)
+def _modes_of(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    del mtime_ns, size  # only part of the cache key: a replaced file is read again
+    file = Path(path)
+    try:
+        if file.is_dir():
+            config = json.loads((file / "unet" / "config.json").read_text())
+            return INPAINT_ONLY if config.get("in_channels") == 9 else ALL_MODES
+        if is_single_file(path):
+            return detect(read_header(file)).modes
+    except (OSError, ValueError, AttributeError):
+        pass
+    return ALL_MODES
+
+
+def check_mode(model_id: str, modes: Sequence[str], mode: str) -> None:
+    """Refuse a request whose mode the model cannot draw (:class:`InvalidRequest`, a 422).
+
+    An inpainting model gets the A1111 way to do the others: a white mask over the whole image
+    repaints all of it (img2img), and a mid-grey image under a white mask at strength 1 is what
+    A1111 feeds an inpainting model for text-to-image.
+    """
+    if mode in modes:
+        return
+    if tuple(modes) == INPAINT_ONLY:
+        what = "txt2img (no image)" if mode == "txt2img" else "img2img (an image without a mask)"
+        raise InvalidRequest(
+            f"mask is required: model {model_id!r} is an inpainting model (its UNet takes 9 input channels) "
+            f"and draws only inpainting requests (image and mask), not {what}; for img2img send a white mask "
+            "over the whole image, for text-to-image a mid-grey image with a white mask and strength 1",
+            param="mask",
+        )
+    raise InvalidRequest(f"mode is {mode!r}; model {model_id!r} serves only {', '.join(modes)}", param="mode")

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from core.checkpoints import detect, is_single_file, read_header, served_family
+from core.checkpoints import ALL_MODES, detect, is_single_file, read_header, served_family, source_modes
 from core.config import Settings
 from core.errors import ModelUnavailable, UnknownChoice
 from core.priority import DEFAULT_PRIORITY, PriorityClass
@@ -136,6 +136,7 @@ def _spec_for(settings: Settings) -> ModelSpec:
         default_steps=30,
         default_scheduler="dpmpp_2m_karras",
         default_guidance=7.0,
+        modes=source_modes(settings.model),
     )
 
 
@@ -189,6 +190,7 @@ def _sdxl_spec_for(settings: Settings) -> ModelSpec:
         default_scheduler="ddim" if tiny else "dpmpp_2m_karras",
         default_guidance=5.0,
         refiner=settings.refiner,
+        modes=ALL_MODES if tiny else source_modes(settings.model),
     )
 
 
@@ -231,9 +233,12 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
         )
     if sizes and (width, height) not in sizes:
         raise ModelUnavailable(f"{where}: model {entry.id!r}: default size {width}x{height} is not one of its sizes")
+    source = resolve_source(entry.source, base)
     return ModelSpec(
         id=entry.id,
-        source=resolve_source(entry.source, base),
+        source=source,
+        # What its UNet can draw: only inpainting for a 9-channel one (core/checkpoints.py).
+        modes=ALL_MODES if entry.source in ("tiny", "tiny-sdxl", "shapes") else source_modes(source),
         family=entry.family,
         default_width=width,
         default_height=height,

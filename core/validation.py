@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 
+from core.checkpoints import check_mode
 from core.config import Settings
 from core.controlnets import normalize_controlnets
 from core.errors import InvalidRequest, UnknownChoice
@@ -175,6 +176,7 @@ def normalize_request(request: ImageRequest, settings: Settings, *, tenant: str,
     spec = resolve_model(settings, request.model)
     scheduler = canonical_scheduler(request.scheduler or spec.default_scheduler)
     mode = _mode(request)
+    check_mode(spec.id, spec.modes, mode)  # an inpainting model draws only inpainting
     for field in ("prompt", "negative_prompt"):
         _check_max(field, len(getattr(request, field)), settings.max_prompt_chars, what=f"{field} length")
     # "is None", not "or": an explicit 0 is refused by the size checks, not silently defaulted.

@@ -22,11 +22,33 @@ from tests.support.engine import noise_image, payload
 #: The documented promise (docs/architecture.md, "Batching that never changes an image"), fp32.
 BOUND = {"max_abs_float": 1e-5, "max_8bit_levels": 1, "share_of_8bit_values_changed": 0.001}
 
+#: 89 words of the shapes model's vocabulary: past 77 tokens for a real CLIP tokenizer (2 chunks
+#: of 75), 4 chunks on tiny and tiny SDXL (byte-level tokens), 5 on shapes (22-token windows);
+#: within the default limit of 8 chunks on every built-in model.
+LONG_PROMPT = (
+    "a large red circle at the top left, a small blue square at the bottom right, a green triangle in the "
+    "center, a yellow star at the top right, an orange circle at the bottom left, a purple square at the top, "
+    "a small white triangle at the bottom, a large black star on the left, a blue circle on the right, "
+    "a red square in the center, a green star at the top, on a white background"
+)
+
 #: Partner prompts co-batched with the target: name -> (prompt, negative prompt) of the two
 #: partners. The hook for prompt kinds that must not change their neighbours' images: add an
-#: entry (e.g. "long": a prompt past 77 tokens, "weighted": A1111 ``(word:1.3)`` syntax).
+#: entry and every model's tests and the benchmark cover it.
+#:
+#: - "long": a long prompt (short negative) and a long negative prompt (short prompt), so both
+#:   partners pad to the same chunk count and share one call, while the one-chunk target runs
+#:   in a call of its own (worker/pipelines/engine.py groups a batch by chunk count): the
+#:   target must come out bit-identical, the long partners within the bound.
+#: - "weighted": A1111 syntax; the first partner (one chunk: ``(x:1.3)``, ``[x]``, ``((x))``,
+#:   escapes) shares the target's call, the second (n=2) has a ``BREAK``, so two chunks.
 PARTNER_PROMPTS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "plain": (("a castle on a hill", "fog"), ("", "")),
+    "long": ((LONG_PROMPT, "blurry"), ("a blue square", f"black, {LONG_PROMPT}")),
+    "weighted": (
+        ("a (red circle:1.3) at the [top], ((small)) \\(blue\\) square", "(black background:0.8), [green]"),
+        ("a [[green]] star BREAK (on a white background:1.2)", "(red:0.7)"),
+    ),
 }
 
 #: The built-in models, with the size the checks run at (each model's smallest sensible size).

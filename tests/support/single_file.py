@@ -174,6 +174,19 @@ def write_single_file(pipe: Any, path: Path, extra: dict[str, torch.Tensor] | No
     return path
 
 
+def with_inpainting_unet(pipe: Any, folder: Path, seed: int = 0) -> Any:
+    """``pipe`` with a 9-input-channel UNet of the same architecture (the layout of the SD
+    inpainting models: latents, mask, masked-image latents), random weights from ``seed``; also
+    saved as the diffusers folder ``folder`` (its configs are the registry's ``config`` for a
+    file of this architecture, its weights the reference the file must match)."""
+    from diffusers.models.unets.unet_2d_condition import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    pipe.unet = UNet2DConditionModel.from_config({**dict(pipe.unet.config), "in_channels": 9})
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return pipe
+
+
 # --- synthetic headers for detection tests ---------------------------------------------------
 
 #: Keys (with shapes of the right rank) that each family's real files carry and detection reads.

@@ -32,8 +32,16 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import Stabl
 from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl import StableDiffusionXLPipeline
 from transformers import CLIPTokenizer
 
-from core.checkpoints import CheckpointInfo, inspect_checkpoint, is_single_file, served_family
-from core.errors import ModelUnavailable
+from core.checkpoints import (
+    ALL_MODES,
+    INPAINT_ONLY,
+    CheckpointInfo,
+    check_mode,
+    inspect_checkpoint,
+    is_single_file,
+    served_family,
+)
+from core.errors import GenerationFailed, InvalidRequest, ModelUnavailable
 from core.models import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -142,10 +150,27 @@ def load_checkpoint(spec: ModelSpec, dtype: torch.dtype) -> StableDiffusionPipel
     if prediction is not None and pipe.scheduler.config.get("prediction_type") != prediction:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
     log.info(
-        "model %s: single-file checkpoint %s detected as %s (%s), prediction %s",
+        "model %s: single-file checkpoint %s detected as %s (%s), prediction %s, modes %s",
         spec.id, file.name, info.config_name, info.evidence, pipe.scheduler.config.get("prediction_type"),
+        "/".join(info.modes),
     )  # fmt: skip
     return pipe
+
+
+def unet_modes(unet: Any) -> tuple[str, ...]:
+    """What a loaded UNet can draw: a 9-channel (inpainting) UNet reads a mask and a masked
+    image beside the latents, so it serves only inpainting (core/checkpoints.py)."""
+    return INPAINT_ONLY if int(unet.config.in_channels) == 9 else ALL_MODES
+
+
+def check_unet_mode(unet: Any, model_id: str, mode: str) -> None:
+    """The worker's own check (a job the API let through, e.g. enqueued by an API that could
+    not read the file): :class:`GenerationFailed` naming ``mask`` for a mode ``unet`` cannot draw,
+    instead of a shape error from inside the UNet."""
+    try:
+        check_mode(model_id, unet_modes(unet), mode)
+    except InvalidRequest as exc:
+        raise GenerationFailed(exc.message, param=exc.param) from None
 
 
 def load_vae(spec: ModelSpec, folder: Path | None, dtype: torch.dtype) -> AutoencoderKL:
