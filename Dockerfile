@@ -36,6 +36,11 @@ ARG XFORMERS_VERSION=0.0.35
 # reaps zombies. Python as PID 1 would ignore SIGTERM until RQ installs its handler (during a
 # model load) and the pod would sit out its whole grace period.
 ARG DUMB_INIT_VERSION=1.2.5.post1
+# The compiled fast path (SFUMATO_COMPILE, docs/operations/compilation.md) needs a C/C++ compiler
+# at run time: inductor builds its CPU wrappers with g++ and triton (shipped with the CUDA torch
+# wheel) builds its GPU launcher with gcc. Ubuntu 24.04's build-essential meta package; change it
+# with CUDA_IMAGE's Ubuntu release.
+ARG BUILD_ESSENTIAL_VERSION=12.10ubuntu1
 
 FROM ${UV_IMAGE} AS uv
 
@@ -147,6 +152,10 @@ RUN pip install --index-url "${TORCH_CUDA_INDEX}" "torch==${TORCH_VERSION}+${TOR
         "xformers==${XFORMERS_VERSION}" "dumb-init==${DUMB_INIT_VERSION}"
 
 FROM ${CUDA_IMAGE} AS worker
+ARG BUILD_ESSENTIAL_VERSION
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends "build-essential=${BUILD_ESSENTIAL_VERSION}" \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 sfumato \
  && useradd --system --uid 10001 --gid sfumato --home-dir /home/sfumato --create-home --shell /usr/sbin/nologin sfumato \
  && install -d -o 10001 -g 10001 /var/lib/sfumato
@@ -164,10 +173,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     SFUMATO_WORKER_METRICS_HOST=0.0.0.0 \
     SFUMATO_WORKER_METRICS_PORT=9450 \
     HF_HOME=/var/lib/sfumato/huggingface \
-    XDG_CACHE_HOME=/var/lib/sfumato/cache
+    XDG_CACHE_HOME=/var/lib/sfumato/cache \
+    SFUMATO_COMPILE_CACHE_DIR=/var/lib/sfumato/compile-cache
 RUN python -m compileall -q /app
 USER 10001:10001
 EXPOSE 9450
+# start-period covers a first start that compiles every batch bucket (minutes); a restart with
+# the compile cache on the data volume is ready in seconds.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=900s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('SFUMATO_WORKER_METRICS_PORT', '9450'), timeout=2)"]
 ENTRYPOINT ["dumb-init", "--single-child", "--"]

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.compile_table import compile_table
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,11 +233,20 @@ def drift_all_table(data: dict[str, Any]) -> str:
     counts = "; ".join(
         f"{model}: "
         + ", ".join(
-            f"{mode} {n}" for mode, n in Counter(c["mode"] for c in data["cases"] if c["model"] == model).items()
+            f"{mode} {n}"
+            for mode, n in Counter(
+                mode
+                for mode, _ in dict.fromkeys((c["mode"], c["scheduler"]) for c in data["cases"] if c["model"] == model)
+            ).items()
         )
         for model in models
     )
-    lines += ["", f"Cases measured (model: mode and number of schedulers): {counts}."]
+    prompts = Counter(c.get("prompts", "plain") for c in data["cases"])
+    lines += [
+        "",
+        f"Cases measured (model: mode and number of schedulers): {counts}. "
+        "Partner prompts (cases): " + ", ".join(f"{kind} {n}" for kind, n in prompts.items()) + ".",
+    ]
     multi = [p for c in data["cases"] for p in c["positions"] if "2 images" in p["request"]]
     if multi:
         lines += [
@@ -284,6 +294,7 @@ SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "priorities": ("priorities.json", priorities_table),
     "drift-all": ("drift-all.json", drift_all_table),
     "prompt-encoding": ("prompt-encoding.json", prompt_encoding_table),
+    "compile-cpu": ("compile-cpu.json", compile_table),
 }
 
 

@@ -3,17 +3,23 @@ that keeps a dead worker from losing a job."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode
 
 from core.settings.base import SettingsGroup, shown_default
+
+#: Most batch-size buckets a worker compiles graphs for (each costs compile time and memory).
+MAX_COMPILE_BUCKETS = 8
 
 
 class RuntimeSettings(SettingsGroup):
     """The life of a job and of the worker that runs it: queue names, how long a job may run
     and stays readable, how often a worker that dies mid-job gets its jobs re-run, heartbeats,
-    the reaper that finds dead workers' jobs, upload retries and the worker's name.
+    the reaper that finds dead workers' jobs, upload retries, the worker's name and its
+    compiled fast path (``SFUMATO_COMPILE*``, worker/pipelines/fast_path.py).
 
     Read by the worker and the API (queue names, how long results and Idempotency-Keys last,
     which workers count as live).
@@ -61,3 +67,62 @@ class RuntimeSettings(SettingsGroup):
         description="This worker's name in Redis (unique per worker process).",
         json_schema_extra=shown_default("`<host>-<pid>`"),
     )
+
+    # --- the compiled fast path (worker/pipelines/fast_path.py, docs/operations/compilation.md) ---
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description=(
+            "Compile the UNet and VAE decoder with `torch.compile` during warm-up (static shapes per batch"
+            " bucket and size, before the worker reports ready). `auto`: on for CUDA workers, off on CPU"
+            " (minutes of compiling per shape there). Exact, LoRA and ControlNet batches always run eager."
+        ),
+    )
+    compile_buckets: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(1, 2, 4, 8),
+        description=(
+            "Batch sizes (images per call, comma-separated) compiled at warm-up; a batch is padded up to the"
+            " next bucket (extra rows are dropped). Larger batches compile once on first use."
+        ),
+    )
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        default="default",
+        description="`torch.compile` mode; `reduce-overhead` adds CUDA graphs (CUDA only, measure before use).",
+    )
+    compile_freezing: bool = Field(
+        default=True,
+        description=(
+            "Inductor freezing: weights become constants of the compiled graph (faster, about one more copy"
+            " of the UNet in memory). Safe with LoRAs because adapter batches run eager."
+        ),
+    )
+    compile_vae: bool = Field(default=True, description="Also compile the VAE decoder.")
+    compile_cache_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Inductor's cache (`TORCHINDUCTOR_CACHE_DIR`): put it on the model volume so a restarted worker"
+            " reuses compiled kernels instead of compiling for minutes."
+        ),
+        json_schema_extra=shown_default("`data_dir/compile-cache`"),
+    )
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = Field(
+        default="inductor",
+        description=(
+            "`torch.compile` backend. `eager` and `aot_eager` trace and guard without generating code:"
+            " for debugging and for tests of the machinery, never faster."
+        ),
+    )
+
+    @field_validator("compile_buckets", mode="before")
+    @classmethod
+    def _parse_buckets(cls, value: Any) -> Any:
+        """Accept ``1,2,4,8`` (the environment's form) as well as a sequence; sorted, unique."""
+        if isinstance(value, str):
+            parts = [part.strip() for part in value.split(",") if part.strip()]
+            try:
+                value = [int(part) for part in parts]
+            except ValueError as exc:
+                raise ValueError(f"compile_buckets must be comma-separated integers, got {value!r}") from exc
+        buckets = sorted(set(value))
+        if not buckets or buckets[0] < 1 or len(buckets) > MAX_COMPILE_BUCKETS:
+            raise ValueError(f"compile_buckets needs 1 to {MAX_COMPILE_BUCKETS} sizes, each at least 1")
+        return tuple(buckets)

@@ -153,11 +153,6 @@ def test_few_step_registry_defaults_serve_a_bare_prompt(tmp_path: Path) -> None:
     assert seen.rows == [2, 2, 2, 2] and seen.timesteps == [999, 759, 499, 259]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs worker/pipelines/engine.py to build its scheduler config with "
-    "schedulers.model_scheduler_config(pipe.scheduler.config, spec.timestep_spacing) (lead applies; then drop this)",
-)
 def test_registry_timestep_spacing_reaches_the_unet(tmp_path: Path) -> None:
     registry = tmp_path / "models.toml"
     registry.write_text('[[models]]\nid = "turbo"\nsource = "tiny"\nfamily = "tiny"\ntimestep_spacing = "trailing"\n')

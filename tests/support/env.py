@@ -44,6 +44,8 @@ def settings_env(settings: Settings, base: Mapping[str, str] | None = None) -> d
             value = "true" if value else "false"
         elif isinstance(value, Path):
             value = str(value)
+        elif isinstance(value, tuple | list):  # the environment's form: comma-separated
+            value = ",".join(str(item) for item in value)
         env[PREFIX + name.upper()] = str(value)
     return env
 

@@ -12,6 +12,7 @@ image is the same whether it ran alone or co-batched.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -55,10 +56,12 @@ from worker.pipelines.clip_compat import ensure_text_model_alias
 from worker.pipelines.controlnet import ControlNetModels, ControlNetPipeline
 from worker.pipelines.device import apply_torch_threads, resolve_device, resolve_dtype
 from worker.pipelines.embeddings import embeddings_folder, load_embeddings
+from worker.pipelines.fast_path import FastPath
+from worker.pipelines.fast_path import enabled as compile_enabled
 from worker.pipelines.latents_tap import offer_latents
 from worker.pipelines.lora import LoraAdapters, TextEncoderState
 from worker.pipelines.prompt_cache import PromptEmbeddingCache
-from worker.pipelines.schedulers import make_scheduler
+from worker.pipelines.schedulers import make_scheduler, model_scheduler_config
 from worker.pipelines.types import PreparedJob, StepCallback
 
 log = logging.getLogger(__name__)
@@ -184,6 +187,8 @@ class Engine:
     embeddings: tuple[str, ...] = ()
     #: Loads the SDXL refiner of ``spec.refiner`` once (worker/pipelines/sdxl.py); None: refiners unavailable.
     refiners: sdxl.Refiners | None = None
+    #: The compiled UNet / VAE decoder (worker/pipelines/fast_path.py); None: SFUMATO_COMPILE is off.
+    fast_path: FastPath | None = None
 
     def __init__(
         self,
@@ -207,7 +212,7 @@ class Engine:
         self.attention = attention
         # Only the modules are kept: per-call pipelines are built around them.
         self._components: dict[str, Any] = dict(pipe.components)
-        self._scheduler_config = dict(pipe.scheduler.config)
+        self._scheduler_config = model_scheduler_config(pipe.scheduler.config, spec.timestep_spacing)
         # Not None for an SDXL base: per-call pipelines are then the SDXL ones (worker/pipelines/sdxl.py).
         self._sdxl_options = sdxl.pipeline_options(pipe)
         # Replaced by load() with the configured cache; ControlNets load on first use.
@@ -227,6 +232,9 @@ class Engine:
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         backend = check_attention(settings.attention, device)  # before spending time on weights
+        compiling = compile_enabled(settings, device)
+        if compiling and settings.attention == "auto":
+            backend = "sdpa"  # dynamo traces SDPA into the graph; xformers' kernels would break it
         if is_single_file(spec.source):  # an original-layout .safetensors (worker/pipelines/checkpoints.py)
             pipe = checkpoints.load_checkpoint(spec, dtype)
         else:
@@ -251,6 +259,8 @@ class Engine:
         engine = cls(spec, pipe, device, dtype, backend, prompt_cache, loras)
         engine.embeddings = embeddings
         engine.max_prompt_chunks = settings.max_prompt_chunks
+        if compiling:  # the forwards are replaced now; graphs compile in warmup()
+            engine.fast_path = FastPath.install(settings, device, pipe.unet, pipe.vae)
         engine.refiners = sdxl.Refiners(settings, device, dtype, backend, offline=_hub_offline())
         engine.controlnets = ControlNetModels(
             settings.controlnet_cache_size, device, dtype, attention=backend,
@@ -290,6 +300,7 @@ class Engine:
     def prepare(self, payload: JobPayload) -> PreparedJob:
         """Check one job and decode its uploads; GenerationFailed fails only this job."""
         key = self._batch_key([payload])
+        checkpoints.check_unet_mode(self._components["unet"], self.spec.id, key.mode)  # 9-channel: inpaint only
         self.prompt_chunks(payload)  # malformed weights, too many chunks: this job only
         control = controlnet_support.control_images(payload.controlnet, key.width, key.height)
         if key.mode == "txt2img":
@@ -350,10 +361,19 @@ class Engine:
             if key.controlnets:  # each image gets its own job's control maps
                 maps = [job.control for job in jobs for _ in range(job.payload.n)]
                 call.update(controlnet_support.call_arguments(key, maps))
-            if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/pipelines/sdxl.py)
-                refined = self._refined(pipe, jobs, key, text_encoder_state, chunks)
-                return self._call(refined, call, jobs, key, on_step)
-            return self._call(pipe, call, jobs, key, on_step)
+            with self._compiled_for(key):
+                if key.refiner_switch_at is not None:  # SDXL base, then its refiner (worker/pipelines/sdxl.py)
+                    refined = self._refined(pipe, jobs, key, text_encoder_state, chunks)
+                    return self._call(refined, call, jobs, key, on_step)
+                return self._call(pipe, call, jobs, key, on_step)
+
+    def _compiled_for(self, key: BatchKey) -> contextlib.AbstractContextManager[None]:
+        """The compiled fast path for this batch, or eager: ``exact`` batches stay bit-identical
+        to a worker without compilation, LoRA batches never recompile on an adapter change nor
+        meet frozen weights, ControlNet residuals would add graphs (worker/pipelines/fast_path.py)."""
+        if self.fast_path is None:
+            return contextlib.nullcontext()
+        return self.fast_path.engaged(not (key.exact or key.loras or key.controlnets))
 
     def _refined(
         self,
@@ -426,9 +446,30 @@ class Engine:
 
     def warmup(self) -> None:
         """One 1-step generation at the model's default size, so the first real request does not
-        pay for lazy initialisation (kernels, allocator, tokenizer caches)."""
+        pay for lazy initialisation (kernels, allocator, tokenizer caches); with the compiled
+        fast path, one more per batch bucket, compiling each graph before the worker is ready."""
         started = time.perf_counter()
-        payload = JobPayload(
+        self.generate_arrays([self._warmup_payload(0)])
+        if self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None:
+            # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
+            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
+        if self.fast_path is not None:
+            self._compile_buckets(self.fast_path)
+        log.info("warm-up took %.2fs", time.perf_counter() - started)
+
+    def _compile_buckets(self, fast_path: FastPath) -> None:
+        """Compile the UNet (and VAE decoder) graph of every batch bucket at the default size."""
+        size = f"{self.spec.default_width}x{self.spec.default_height}"
+        for number, bucket in enumerate(fast_path.buckets, 1):
+            log.info("compiling batch bucket %d at %s (%d of %d)...", bucket, size, number, len(fast_path.buckets))
+            started = time.perf_counter()
+            self.generate_arrays([self._warmup_payload(seed) for seed in range(bucket)])
+            log.info("batch bucket %d at %s ready in %.1fs", bucket, size, time.perf_counter() - started)
+        fast_path.mark_ready()
+
+    def _warmup_payload(self, seed: int) -> JobPayload:
+        """A 1-step txt2img job at the model's defaults (warm-up's jobs share one BatchKey)."""
+        return JobPayload(
             job_id="warmup",
             tenant="_warmup",
             model=self.spec.id,
@@ -440,17 +481,12 @@ class Engine:
             steps=1,
             guidance_scale=self.spec.default_guidance,
             scheduler=self.spec.default_scheduler,
-            seed=0,
+            seed=seed,
             n=1,
             clip_skip=0,
             output_format="png",
             created_at=time.time(),
         )
-        self.generate_arrays([payload])
-        if self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None:
-            # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
-            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
-        log.info("warm-up took %.2fs", time.perf_counter() - started)
 
     # --- helpers -----------------------------------------------------------------------
 

@@ -13,6 +13,10 @@ wraps the object store with :meth:`Observability.store` and hands each RQ worker
 - :func:`job_ended` in the runner: jobs finished by state and error code, time in queue,
   end-to-end latency, and one log line per job with its ``job_id`` and ``request_id``.
 
+The compiled fast path's figures (worker/pipelines/fast_path.py) are read at scrape time by
+:class:`CompileCollector` from the attached worker's engine: compile seconds, graphs, recompiles
+after warm-up and calls at shapes warm-up did not compile.
+
 Label values are bounded: model, mode, scheduler, state, error code, storage backend.
 """
 
@@ -20,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from rq.job import Job
 
 from core.config import Settings
@@ -129,6 +134,34 @@ class Instruments:
         )
 
 
+class CompileCollector:
+    """Scrape-time metrics of the compiled fast path of the attached worker's engine; nothing
+    while no worker is attached or SFUMATO_COMPILE is off."""
+
+    def __init__(self, probe: WorkerProbe) -> None:
+        self.probe = probe
+
+    def collect(self) -> Iterable[Metric]:
+        engine = getattr(self.probe.worker, "engine", None)
+        path = getattr(engine, "fast_path", None)
+        if path is None:
+            return
+        model, stats = self.probe.model_id, path.stats
+        for family, name, doc, value in (
+            (GaugeMetricFamily, "sfumato_compile_seconds",
+             "Seconds spent compiling the UNet and VAE decoder (warm-up and later).", stats.compile_seconds),
+            (GaugeMetricFamily, "sfumato_compiled_graphs", "Graphs compiled for the fast path.", stats.graphs),
+            (CounterMetricFamily, "sfumato_compile_recompiles",
+             "Compilations after warm-up (a new shape or a failed guard); should stay near 0.", stats.recompiles),
+            (CounterMetricFamily, "sfumato_compile_unwarmed_shapes",
+             "Pipeline calls at an input shape warm-up did not compile (compiled once, on first use).",
+             stats.unwarmed),
+        ):  # fmt: skip
+            metric = family(name, doc, labels=["model"])
+            metric.add_metric([model], float(value))
+            yield metric
+
+
 @dataclass
 class Observability:
     """What :func:`install` set up for this process."""
@@ -140,6 +173,7 @@ class Observability:
     registry: CollectorRegistry
     collector: WorkerCollector
     server: HealthServer | None = None
+    compile_collector: CompileCollector | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -193,7 +227,10 @@ def install(settings: Settings, registry: CollectorRegistry = REGISTRY, serve: b
         _by_registry[id(registry)] = Instruments(registry)
     collector = WorkerCollector(probe)
     registry.register(collector)
+    compile_collector = CompileCollector(probe)
+    registry.register(compile_collector)
     observability = Observability(settings, model_id, _by_registry[id(registry)], probe, registry, collector)
+    observability.compile_collector = compile_collector
     if server is not None:
         observability.server = server.start()
         log.info("worker metrics and health on http://%s:%d/metrics", settings.worker_metrics_host, server.port)
@@ -214,6 +251,8 @@ def uninstall() -> None:
     if _installed is not None:
         _installed.close()
         _installed.registry.unregister(_installed.collector)
+        if _installed.compile_collector is not None:
+            _installed.registry.unregister(_installed.compile_collector)
     _installed = _active = None
 
 
