@@ -181,9 +181,10 @@ class SfumatoWorker(SimpleWorker):
         self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
         self.pubsub = self.connection.pubsub()
         self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
-        self.pubsub_thread = self.pubsub.run_in_thread(
+        thread: Any = self.pubsub.run_in_thread(
             sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
         )
+        self.pubsub_thread = thread  # RQ annotates the attribute as None
 
     def teardown(self) -> None:
         # Warm shutdown: jobs whose images are still being written are completed first.
