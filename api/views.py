@@ -22,6 +22,7 @@ from core.schemas import (
     WebhookView,
 )
 from core.storage import LocalStore, S3Store
+from core.text import encodable
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,8 @@ def job_params(payload: JobPayload) -> JobParams:
     # A tag of a stored prompt was valid when submitted, so reading it again cannot fail.
     tagged = {lora.name for lora in extract_lora_tags(written).loras} if payload.prompt_as_written else set()
     return JobParams(
-        prompt=written,
-        negative_prompt=payload.negative_prompt,
+        prompt=encodable(written),  # a job queued past the API may hold text JSON cannot carry
+        negative_prompt=encodable(payload.negative_prompt),
         model=payload.model,
         width=payload.width,
         height=payload.height,

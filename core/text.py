@@ -30,6 +30,17 @@ def _is_surrogate(char: str) -> bool:
     return "\ud800" <= char <= "\udfff"
 
 
+def encodable(value: str) -> str:
+    """``value`` with each lone surrogate replaced by U+FFFD, so it can be written as UTF-8.
+
+    For echoing stored text back (a job view's prompt): the API refuses such text, but a job
+    that reached the queue another way (an old API replica, a hand-made job) must still be
+    viewable; without this its view could not be encoded and answered 500."""
+    if not any(_is_surrogate(char) for char in value):
+        return value
+    return "".join("\ufffd" if _is_surrogate(char) else char for char in value)
+
+
 def text_problem(value: str, *, name: bool = False) -> str | None:
     """Why ``value`` cannot be accepted, or None. ``name``: also refuse control characters."""
     for position, char in enumerate(value):

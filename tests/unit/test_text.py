@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.text import text_problem
+from core.text import encodable, text_problem
 
 
 @pytest.mark.parametrize(
@@ -42,3 +42,9 @@ def test_a_valid_pair_is_one_character_not_a_surrogate() -> None:
 
     assert text_problem(json.loads('"\\ud83e\\udd8a"')) is None
     assert text_problem(json.loads('"\\ud83e"')) is not None
+
+
+def test_stored_text_with_a_lone_surrogate_is_echoed_as_the_replacement_character() -> None:
+    assert encodable("red \ud800 circle") == "red \ufffd circle"
+    assert encodable("red \ud800 circle").encode("utf-8")  # JSON responses can carry it now
+    assert encodable("plain 文字") == "plain 文字"
