@@ -3,13 +3,13 @@
 For each case one process loads the real :class:`~worker.pipelines.engine.Engine` with
 ``SFUMATO_COMPILE=on`` (worker/pipelines/fast_path.py), then
 
-1. runs every batch size eager (the fast path paused), timing whole pipeline calls and
-   recording the peak memory;
+1. runs every batch size eager once (the fast path paused), recording the peak memory;
 2. compiles each batch size (the worker's warm-up, timed; a fresh inductor cache, so the
    compile time is the cold one a first start pays);
-3. runs the same calls compiled: images/s, latency per call, peak memory, recompiles after
-   warm-up (should be 0), and how far the compiled images are from the eager ones
-   (max |delta| in [0, 1] floats, 8-bit levels).
+3. times the same whole-pipeline calls eager and compiled, alternated call by call (so a
+   change in the machine's load reaches both sides alike): images/s, latency per call, peak
+   memory, recompiles after warm-up (should be 0), and how far the compiled images are from
+   the eager ones (max |delta| in [0, 1] floats, 8-bit levels).
 
 On CUDA it also counts the FLOPs of an image (``torch.utils.flop_counter`` on the eager
 pipeline at 1 and 2 steps, extrapolated to the case's steps) and reports model FLOP
@@ -30,10 +30,10 @@ table is ``bench/compile_table.py``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from bench.cpu import cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -62,20 +64,19 @@ class Case:
     calls: int  # timed calls per batch size and mode
     device: str = "cpu"
     scheduler: str = "ddim"
-    #: SFUMATO_COMPILE_VAE: off for the CPU SD 1.5 case, where the decode is ~5% of an image and
-    #: its graphs would double the compile time on a shared machine.
+    #: SFUMATO_COMPILE_VAE (the decode is ~15% of an SD 1.5 image at 256 px on CPU).
     compile_vae: bool = True
 
 
 CASES = {
     "tiny": Case("tiny", "tiny", 64, 20, "float32", (1, 4), calls=5),
     "shapes": Case("shapes", "shapes", 32, 20, "float32", (1, 4), calls=5),
-    "sd15": Case("sd15", "sd15", 256, 20, "bfloat16", (1, 4), calls=1, compile_vae=False),
+    "sd15": Case("sd15", "sd15", 256, 20, "bfloat16", (1, 4), calls=2),
     "sd15-cuda": Case("sd15-cuda", "sd15", 512, 20, "float16", (1, 8), calls=5, device="cuda"),
 }
 
 
-def settings_for(case: Case, data_dir: Path, cache: Path, mode: str, freezing: bool) -> Any:
+def settings_for(case: Case, data_dir: Path, cache: Path, mode: str, freezing: bool, compiled: bool = True) -> Any:
     from core.config import Settings
 
     model = case.model
@@ -86,7 +87,7 @@ def settings_for(case: Case, data_dir: Path, cache: Path, mode: str, freezing: b
     threads = os.environ.get("SFUMATO_TORCH_THREADS")
     values: dict[str, Any] = {
         "data_dir": data_dir, "model": model, "model_id": None, "device": case.device, "dtype": case.dtype,
-        "attention": "sdpa", "torch_threads": int(threads) if threads else None, "compile": "on",
+        "attention": "sdpa", "torch_threads": int(threads) if threads else None, "compile": "on" if compiled else "off",
         "compile_buckets": case.batches, "compile_cache_dir": cache, "compile_mode": mode,
         "compile_freezing": freezing, "compile_vae": case.compile_vae, "prompt_cache_size": 0,
     }  # fmt: skip
@@ -112,33 +113,65 @@ def _sync(case: Case) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_bytes(case: Case) -> int:
+def _resident_bytes(case: Case) -> int:
+    """Memory held now: CUDA's allocated bytes, or the process's resident set on CPU."""
     if case.device == "cuda":
-        return int(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # process peak RSS (monotonic)
+        return int(torch.cuda.memory_allocated())
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def timed(engine: Any, case: Case, batch: int) -> tuple[dict[str, Any], list[np.ndarray]]:
-    """``case.calls`` pipeline calls of ``batch`` images; the last call's images for comparison."""
-    if case.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    images: list[np.ndarray] = []
-    latencies = []
-    for call in range(case.calls):
-        jobs = payloads(engine, case, batch, 1000 * call, case.steps)
-        started = time.perf_counter()
-        images = engine.generate_arrays(jobs)
-        _sync(case)
-        latencies.append(time.perf_counter() - started)
+def _call(engine: Any, case: Case, batch: int, offset: int, steps: int) -> tuple[float, list[np.ndarray]]:
+    jobs = payloads(engine, case, batch, offset, steps)
+    started = time.perf_counter()
+    images = engine.generate_arrays(jobs)
+    _sync(case)
+    return time.perf_counter() - started, images
+
+
+def _point(batch: int, latencies: list[float], activations: int | None) -> dict[str, Any]:
     seconds = sum(latencies)
-    point = {
+    point: dict[str, Any] = {
         "batch": batch,
-        "images_per_s": round(batch * case.calls / seconds, 4),
-        "latency_s": round(seconds / case.calls, 3),
+        "images_per_s": round(batch * len(latencies) / seconds, 4),
+        "latency_s": round(seconds / len(latencies), 3),
         "latency_min_s": round(min(latencies), 3),
-        "peak_memory_gib": round(_peak_bytes(case) / 2**30, 2),
     }
-    return point, images
+    if activations is not None:  # CUDA: the call's peak above what was allocated before it
+        point["call_peak_gib"] = round(activations / 2**30, 2)
+    return point
+
+
+#: The sides timed per batch: a worker without compilation (``SFUMATO_COMPILE=off``: the
+#: baseline), the compiled worker's own eager forward (its channels_last weights, fast path
+#: paused: what its exact/LoRA/ControlNet batches run) and the compiled forward.
+SIDES = ("eager", "eager_channels_last", "compiled")
+
+
+def timed_sides(
+    engines: dict[str, Any], case: Case, batch: int
+) -> tuple[dict[str, dict[str, Any]], dict[str, list[np.ndarray]]]:
+    """``case.calls`` calls of ``batch`` images per side, the sides rotated call by call (so a
+    change in the machine's load during the run reaches every side alike); the last images of
+    each side for comparison."""
+    latencies: dict[str, list[float]] = {side: [] for side in SIDES}
+    images: dict[str, list[np.ndarray]] = {}
+    activations: dict[str, int] = dict.fromkeys(SIDES, 0)
+    for call in range(case.calls):
+        order = SIDES[call % len(SIDES) :] + SIDES[: call % len(SIDES)]
+        for side in order:
+            engine = engines["compiled" if side != "eager" else "eager"]
+            paused = engine.fast_path.eager() if side == "eager_channels_last" else contextlib.nullcontext()
+            if case.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            before = _resident_bytes(case)
+            with paused:
+                seconds, images[side] = _call(engine, case, batch, 1000 * call, case.steps)
+            latencies[side].append(seconds)
+            if case.device == "cuda":
+                activations[side] = max(activations[side], int(torch.cuda.max_memory_allocated()) - before)
+    cuda = case.device == "cuda"
+    return {side: _point(batch, latencies[side], activations[side] if cuda else None) for side in SIDES}, images
 
 
 def image_flops(engine: Any, case: Case) -> float:
@@ -169,12 +202,18 @@ def run_case(case: Case, data_dir: Path, mode: str, freezing: bool) -> dict[str,
     from worker.pipelines.engine import Engine
 
     with tempfile.TemporaryDirectory(prefix="sfumato-compile-cache-", ignore_cleanup_errors=True) as cache:
+        before = _resident_bytes(case)
+        eager = Engine.load(settings_for(case, data_dir, Path(cache), mode, freezing, compiled=False))
+        for b in case.batches:  # first-call costs (allocator, kernels) out of the timed figures
+            _call(eager, case, b, 0, 1)
+        memory = {"eager": _resident_bytes(case) - before}
+        before = _resident_bytes(case)
         engine = Engine.load(settings_for(case, data_dir, Path(cache), mode, freezing))
         path = engine.fast_path
         assert path is not None
-        with path.eager():  # first-call costs (allocator, kernels) out of the eager figures
-            engine.generate_arrays(payloads(engine, case, 1, 0, 1))
-            eager = {b: timed(engine, case, b) for b in case.batches}
+        with path.eager():
+            for b in case.batches:
+                _call(engine, case, b, 0, 1)
         compile_s = {}
         for b in case.batches:  # what the worker's warm-up does, at this case's size
             graphs, started = path.stats.graphs, time.perf_counter()
@@ -183,22 +222,27 @@ def run_case(case: Case, data_dir: Path, mode: str, freezing: bool) -> dict[str,
             compile_s[b] = {"seconds": round(time.perf_counter() - started, 1), "graphs": path.stats.graphs - graphs}
             print(f"{case.name}: compiled batch {b} in {compile_s[b]['seconds']} s", flush=True)
         path.mark_ready()
-        compiled = {b: timed(engine, case, b) for b in case.batches}
+        memory["compiled"] = _resident_bytes(case) - before  # weights, frozen constants, kernels
         points = []
         for b in case.batches:
-            e, c = eager[b][0], compiled[b][0]
+            sides, images = timed_sides({"eager": eager, "compiled": engine}, case, b)
+            e, c = sides["eager"], sides["compiled"]
             points.append({
-                "batch": b, "eager": e, "compiled": c,
+                "batch": b, **sides,
                 "speedup": round(c["images_per_s"] / e["images_per_s"], 3),
+                "speedup_over_eager_channels_last": round(
+                    c["images_per_s"] / sides["eager_channels_last"]["images_per_s"], 3),
                 "compile_s": compile_s[b]["seconds"], "graphs": compile_s[b]["graphs"],
-                "drift": drift(eager[b][1], compiled[b][1]),
+                "drift": drift(images["eager"], images["compiled"]),
+                "drift_eager_channels_last": drift(images["eager"], images["eager_channels_last"]),
             })  # fmt: skip
-            print(f"{case.name} batch {b}: eager {e['images_per_s']} img/s, compiled {c['images_per_s']} img/s, "
-                  f"x{points[-1]['speedup']}", flush=True)  # fmt: skip
+            print(f"{case.name} batch {b}: " + ", ".join(f"{k} {v['images_per_s']} img/s" for k, v in sides.items())
+                  + f", x{points[-1]['speedup']}", flush=True)  # fmt: skip
         result: dict[str, Any] = {
             "case": asdict(case),
             "compile": {"backend": "inductor", "mode": mode, "freezing": freezing, "vae": case.compile_vae},
             "points": points,
+            "engine_memory_gib": {side: round(v / 2**30, 2) for side, v in memory.items()},
             "compile_seconds_total": round(path.stats.compile_seconds, 1),
             "recompiles_after_warmup": path.stats.recompiles,
             "unwarmed_after_warmup": path.stats.unwarmed,
@@ -209,7 +253,7 @@ def run_case(case: Case, data_dir: Path, mode: str, freezing: bool) -> dict[str,
             peak = next((v for k, v in PEAK_TFLOPS.items() if k in torch.cuda.get_device_name(0)), None)
             result["flops_per_image"] = flops
             for p in points:
-                for side in ("eager", "compiled"):
+                for side in SIDES:
                     achieved = flops * p[side]["images_per_s"]
                     p[side]["tflops_per_s"] = round(achieved / 1e12, 1)
                     p[side]["mfu"] = round(achieved / (peak * 1e12), 3) if peak else None
@@ -220,6 +264,7 @@ def machine(case: Case) -> dict[str, Any]:
     info: dict[str, Any] = {
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
+        "cpu": cpu_name(),
         "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
         "platform": platform.platform(),
         "torch": torch.__version__,

@@ -54,10 +54,13 @@ def build_sd15_random() -> StableDiffusionPipeline:
             pad_token_id=vocab[EOS_TOKEN],
         )
     )
-    parts: dict[str, Any] = {"safety_checker": None, "feature_extractor": None, "image_encoder": None}
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=sd_scheduler(), **parts
-    )
+    parts: dict[str, Any] = {
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+        "scheduler": sd_scheduler(),
+    }  # diffusers types scheduler as an enum of names; any of its schedulers works
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, **parts)
     return pipe.to(dtype=torch.bfloat16)
 
 

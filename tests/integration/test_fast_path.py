@@ -31,7 +31,7 @@ from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.engine import engine_settings, payload
 from tests.support.lora import make_lora
 from worker.pipelines.engine import Engine
-from worker.pipelines.fast_path import CompiledForward, bucket_for, enabled, unet_sizes
+from worker.pipelines.fast_path import CompiledForward, bucket_for, channels_last, enabled, unet_sizes
 from worker.runtime.metrics import CompileCollector
 
 pytestmark = pytest.mark.filterwarnings(
@@ -73,9 +73,17 @@ def compiled(data_dir: Path, lora_folder: Path) -> Iterator[Engine]:
             os.environ[name] = value
 
 
+def laid_out_like_the_fast_path(engine: Engine) -> Engine:
+    """``engine`` with the weights the fast path gives its modules (channels_last), without
+    compiling: what a compiled worker's eager batches (exact, LoRA) must match bit for bit."""
+    channels_last(engine._components["unet"])
+    channels_last(engine._components["vae"].decoder)
+    return engine
+
+
 @pytest.fixture(scope="module")
 def eager_with_loras(data_dir: Path, lora_folder: Path) -> Engine:
-    return Engine.load(engine_settings(data_dir, lora_dir=lora_folder))
+    return laid_out_like_the_fast_path(Engine.load(engine_settings(data_dir, lora_dir=lora_folder)))
 
 
 def jobs(count: int, **fields: Any) -> list[JobPayload]:
@@ -138,12 +146,14 @@ def test_an_unwarmed_shape_compiles_once_is_counted_and_is_no_error(compiled: En
     assert_same_images(engine.generate_arrays([job])[0], first)
 
 
-def test_exact_jobs_run_eager_and_stay_bit_identical(compiled: Engine, engine: Engine) -> None:
+def test_exact_jobs_run_eager_and_stay_bit_identical(compiled: Engine, eager_with_loras: Engine) -> None:
+    """An exact job runs the module's eager forward: bit-identical to an uncompiled engine with
+    the same (channels_last) weights, and nothing is traced for it."""
     path = compiled.fast_path
     assert path is not None
     job = payload(exact=True, seed=11, width=40, height=40)  # a size never compiled
     graphs = path.stats.graphs
-    np.testing.assert_array_equal(compiled.generate_arrays([job])[0], engine.generate_arrays([job])[0])
+    np.testing.assert_array_equal(compiled.generate_arrays([job])[0], eager_with_loras.generate_arrays([job])[0])
     assert path.stats.graphs == graphs  # the eager forward ran: nothing traced
 
 
