@@ -28,10 +28,16 @@ from typing import Any
 import torch
 
 from bench.batching import RESULTS
+from bench.cpu import cpu_name
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 from tests.support.batching import BOUND, MODEL_SIZES, MODES, PARTNER_PROMPTS, Case, measure, within, worst
 from tests.support.engine import engine_settings
 from worker.pipelines.engine import Engine
+
+#: Float drift depends on the CPU's kernels: every case records where it was measured.
+CPU = cpu_name()
+#: What a case measured before cases recorded their CPU is labelled.
+UNRECORDED = "not recorded"
 
 
 def run_model(
@@ -47,16 +53,19 @@ def run_model(
                 started = time.perf_counter()
                 rows = measure(lambda jobs: engine.generate_arrays(jobs), case, guidance)
                 figures = worst(rows)
-                row = {"model": model, "scheduler": scheduler, "mode": mode, "prompts": prompts, "steps": steps,
-                       "size": MODEL_SIZES[model], "guidance": guidance, **figures, "within_bound": within(figures),
-                       "positions": rows, "seconds": round(time.perf_counter() - started, 1),
-                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+                row = {
+                    "model": model, "scheduler": scheduler, "mode": mode, "prompts": prompts, "steps": steps,
+                    "cpu": CPU, "size": MODEL_SIZES[model], "guidance": guidance, **figures,
+                    "within_bound": within(figures), "positions": rows,
+                    "seconds": round(time.perf_counter() - started, 1),
+                    "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                }  # fmt: skip
                 print({k: v for k, v in row.items() if k != "positions"}, flush=True)
                 yield row
 
 
 def summarise(cases: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per model and scheduler: the worst figures over modes and prompts (the published bound)."""
+    """Per model and scheduler: the worst figures over modes, prompts and CPUs (the published bound)."""
     by: dict[str, dict[str, Any]] = {}
     for model in dict.fromkeys(c["model"] for c in cases):
         by[model] = {}
@@ -82,10 +91,16 @@ def main() -> None:
     schedulers = args.scheduler or list(SCHEDULER_DISPLAY_NAMES)
     modes = args.mode or list(MODES)
     prompt_kinds = args.prompts or list(PARTNER_PROMPTS)
-    # Cases not measured this time are kept from the file: a part of the matrix can be re-measured alone.
+    # Cases not measured this time are kept from the file: a part of the matrix can be re-measured
+    # alone. A case measured on another CPU is kept beside this one's: the published bound is
+    # the worst over every CPU measured, since CI may run on any of them.
     kept = json.loads(args.out.read_text())["cases"] if args.out.exists() else []
     selection = {"model": models, "scheduler": schedulers, "mode": modes, "prompts": prompt_kinds}
-    cases = [c for c in kept if not all(c[name] in chosen for name, chosen in selection.items())]
+    cases = [
+        c
+        for c in kept
+        if c.get("cpu", UNRECORDED) != CPU or not all(c[name] in chosen for name, chosen in selection.items())
+    ]
     in_parts = bool(cases)  # the file then holds cases measured by earlier, partial runs
     with tempfile.TemporaryDirectory() as tmp:
         for model in models:
@@ -96,7 +111,10 @@ def main() -> None:
 
 def write(out: Path, cases: list[dict[str, Any]], steps: int, in_parts: bool = False) -> None:
     order = [*MODEL_SIZES, *SCHEDULER_DISPLAY_NAMES, *MODES, *PARTNER_PROMPTS]
-    cases = sorted(cases, key=lambda c: tuple(order.index(c[k]) for k in ("model", "scheduler", "mode", "prompts")))
+    cases = sorted(
+        cases,
+        key=lambda c: (*(order.index(c[k]) for k in ("model", "scheduler", "mode", "prompts")), c.get("cpu", "")),
+    )
     result = {
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m bench.drift_all"
@@ -105,6 +123,7 @@ def write(out: Path, cases: list[dict[str, Any]], steps: int, in_parts: bool = F
         "dtype": "float32",
         "device": "cpu",
         "machine": {"cpus": torch.get_num_threads(), "torch": torch.__version__, "processor": platform.machine()},
+        "cpus_measured": sorted({c.get("cpu", UNRECORDED) for c in cases}),
         "bound": BOUND,
         "all_within_bound": all(c["within_bound"] for c in cases),
         "by_model_and_scheduler": summarise(cases),

@@ -247,6 +247,12 @@ def drift_all_table(data: dict[str, Any]) -> str:
         f"Cases measured (model: mode and number of schedulers): {counts}. "
         "Partner prompts (cases): " + ", ".join(f"{kind} {n}" for kind, n in prompts.items()) + ".",
     ]
+    if data.get("cpus_measured"):
+        lines += [
+            "",
+            "Measured on: " + "; ".join(data["cpus_measured"]) + ". Float drift depends on the CPU's kernels; "
+            "a cell measured on several CPUs shows the worst of them.",
+        ]
     multi = [p for c in data["cases"] for p in c["positions"] if "2 images" in p["request"]]
     if multi:
         lines += [
