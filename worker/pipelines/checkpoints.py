@@ -204,16 +204,21 @@ def apply_vae_override(spec: ModelSpec, pipe: Any, location: str | None, dtype: 
     pipe.vae = load_vae(spec, folder, dtype)
 
 
-def load_refiner_unet(source: str, dtype: torch.dtype) -> UNet2DConditionModel:
+def load_refiner_unet(source: str, dtype: torch.dtype, config: str | None = None) -> UNet2DConditionModel:
     """The UNet of a single-file SDXL refiner checkpoint (the refiner shares the base's text
-    encoder and VAE, so only its UNet is read)."""
+    encoder and VAE, so only its UNet is read). ``config``: a diffusers folder with the UNet's
+    ``unet/config.json`` for an architecture the shipped refiner config does not describe (as a
+    model's registry ``config``); None: the shipped one for the detected family."""
     file = Path(source).expanduser()
     info = inspect_checkpoint(source, "refiner")
     if info.family not in ("sdxl-refiner", "sdxl"):
         raise ModelUnavailable(
             f"refiner checkpoint {file.name!r} is {info.family!r} ({info.evidence}), not an SDXL refiner"
         )
-    folder = CONFIGS_DIR / info.config_name
+    try:
+        folder = config_folder(info, config)
+    except ValueError as exc:
+        raise ModelUnavailable(f"refiner checkpoint {file.name!r}: {exc}") from None
     try:
         unet: UNet2DConditionModel = UNet2DConditionModel.from_single_file(
             str(file), config=str(folder), subfolder="unet", local_files_only=True, dtype=dtype
