@@ -82,6 +82,9 @@ class ModelSpec:
     config: str | None = None
     vae: str | None = None
     prediction_type: str | None = None
+    #: The diffusers config folder of a single-file ``refiner`` of an unusual architecture;
+    #: None: the shipped SDXL refiner config.
+    refiner_config: str | None = None
     #: diffusers' ``timestep_spacing`` for every scheduler built for this model (leading,
     #: linspace, trailing); None: whatever the model's own scheduler config says. Few-step
     #: models distilled on trailing timesteps (SDXL-Turbo, Lightning, Hyper-SD) need "trailing".
@@ -93,7 +96,7 @@ class ModelSpec:
         data.pop("source")
         data.pop("lora_dir")
         data.pop("embeddings_dir")  # a local path
-        for local in ("config", "vae", "prediction_type"):  # server-side loading details
+        for local in ("config", "vae", "prediction_type", "refiner_config"):  # server-side loading details
             data.pop(local)
         data["sizes"] = [list(size) for size in self.sizes]
         data["modes"] = list(self.modes)
@@ -252,6 +255,7 @@ def _registry_spec(entry: ModelEntry, base: Path, settings: Settings, where: str
         ),
         refiner=None if entry.refiner is None else resolve_source(entry.refiner, base),
         config=None if entry.config is None else resolve_path(entry.config, base),
+        refiner_config=None if entry.refiner_config is None else resolve_path(entry.refiner_config, base),
         vae=None if entry.vae is None else resolve_path(entry.vae, base),
         prediction_type=entry.prediction_type,
         timestep_spacing=entry.timestep_spacing,

@@ -25,6 +25,7 @@ Shape (every key but ``id``, ``source`` and ``family`` is optional)::
                                        # default: <SFUMATO_DATA_DIR>/embeddings/<id>
     refiner = "./models/sdxl-refiner"  # SDXL only
     config = "./configs/my-arch"       # a single-file source's diffusers config folder (default: by family)
+    refiner_config = "./configs/my-refiner"  # the same for a single-file refiner (default: SDXL's refiner)
     vae = "./vae/ft-mse.safetensors"   # replaces the model's VAE: a single file or a diffusers folder
     prediction_type = "v_prediction"   # epsilon | v_prediction: overrides what the file suggests
     [[models.embeddings]]
@@ -52,6 +53,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.checkpoints import is_single_file
 from core.errors import RegistryInvalid, UnknownChoice
 from core.scheduler_names import TimestepSpacing, canonical_scheduler, scheduler_max_steps
 
@@ -124,6 +126,7 @@ class ModelEntry(_Strict):
     embeddings_dir: str | None = Field(default=None, min_length=1)
     refiner: str | None = Field(default=None, min_length=1)
     config: str | None = Field(default=None, min_length=1)
+    refiner_config: str | None = Field(default=None, min_length=1)
     vae: str | None = Field(default=None, min_length=1)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
     embeddings: list[EmbeddingEntry] = Field(default_factory=list)
@@ -172,6 +175,12 @@ class ModelEntry(_Strict):
             raise ValueError(f"refiner: only SDXL models take a refiner (family is {self.family!r})")
         if self.config is not None and not is_local_path(self.config):
             raise ValueError(f"config: {self.config!r} must be a local folder path (starting with /, ./, ../ or ~)")
+        if self.refiner_config is not None and (self.refiner is None or not is_single_file(self.refiner)):
+            raise ValueError("refiner_config: only a single-file (.safetensors) refiner takes a config folder")
+        if self.refiner_config is not None and not is_local_path(self.refiner_config):
+            raise ValueError(
+                f"refiner_config: {self.refiner_config!r} must be a local folder path (starting with /, ./, ../ or ~)"
+            )
         if self.vae is not None and not is_local_path(self.vae):
             raise ValueError(f"vae: {self.vae!r} must be a local path (a .safetensors file or a diffusers folder)")
         for name, value in (("source", self.source), ("refiner", self.refiner), ("vae", self.vae)):

@@ -10,8 +10,8 @@ bit-identical fp32 images to the folder it came from:
   ``prediction_type`` (the file carries the unused last text-encoder layer real SD 2.x files
   have; a loader that ran it would draw another image);
 * SDXL base (CLIP-L + OpenCLIP bigG), alone and with the tiny refiner;
-* SDXL refiner file: its UNet loads with the same weights, and its refiner pipeline around the
-  base's shared modules draws what the refiner folder's does.
+* SDXL refiner file (the registry's ``refiner``, with ``refiner_config`` naming the tiny
+  refiner's folder): its UNet loads with the same weights and refines exactly as the folder.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from tests.support.single_file_openclip import (
 )
 from worker.builtin import tiny
 from worker.builtin.tiny_sdxl import ensure_tiny_sdxl_refiner
-from worker.pipelines.checkpoints import load_refiner_unet
 from worker.pipelines.engine import Engine
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -173,27 +172,21 @@ def test_an_sdxl_file_draws_like_its_folder_alone_and_refined(tmp_path: Path, xl
 
 
 def test_an_sdxl_refiner_file_refines_like_its_folder(tmp_path: Path, xl: Xl) -> None:
-    """The refiner file's UNet (read with the tiny refiner folder as its config) equals the
-    folder's, and the refiner pipeline around the base's text_encoder_2 and VAE draws the same."""
-    engine = _engine(tmp_path, {"source": str(xl.file), "family": "sdxl", "config": str(xl.folder),
-                                "refiner": str(xl.refiner_folder)})  # fmt: skip
-    assert engine.refiners is not None
-    base = engine.pipeline("txt2img", "ddim")
-    scheduler_config = dict(base.scheduler.config)
-    folder_refiner = engine.refiners.get(str(xl.refiner_folder), base.components, scheduler_config)
-    unet = load_refiner_unet(str(xl.refiner_file), torch.float32, config=str(xl.refiner_folder))
-    expected = folder_refiner.unet.state_dict()
-    assert unet.state_dict().keys() == expected.keys()
-    assert all(torch.equal(v, expected[k]) for k, v in unet.state_dict().items())
-    file_refiner = dataclasses.replace(folder_refiner, source=str(xl.refiner_file), unet=unet)
-    images = []
-    for refiner in (folder_refiner, file_refiner):
-        pipe = refiner.pipeline(base.components, "ddim", scheduler_config)
-        with torch.inference_mode():
-            out = pipe(prompt="a red cat", image=torch.zeros(1, 3, 64, 64), strength=0.6, num_inference_steps=3,
-                       generator=torch.Generator().manual_seed(5), output_type="np")  # fmt: skip
-        images.append(out.images)
-    np.testing.assert_array_equal(images[0], images[1])
+    """A registry ``refiner`` file, read with ``refiner_config`` naming its (tiny) architecture,
+    loads the folder's UNet weights and refines through the engine exactly as the folder does."""
+    base = {"source": str(xl.file), "family": "sdxl", "config": str(xl.folder)}
+    from_folder = _engine(tmp_path / "a", {**base, "refiner": str(xl.refiner_folder)})
+    from_file = _engine(tmp_path / "b", {**base, "refiner": str(xl.refiner_file),
+                                         "refiner_config": str(xl.refiner_folder)})  # fmt: skip
+    fields: dict[str, Any] = {"guidance_scale": 5.0, "refiner": {"switch_at": 0.5}}
+    np.testing.assert_array_equal(_draw(from_folder, **fields), _draw(from_file, **fields))
+    assert from_file.refiners is not None and from_folder.refiners is not None
+    (loaded,) = from_file.refiners._loaded.values()
+    (expected,) = from_folder.refiners._loaded.values()
+    assert loaded.source == str(xl.refiner_file)
+    reference = expected.unet.state_dict()
+    assert loaded.unet.state_dict().keys() == reference.keys()
+    assert all(torch.equal(v, reference[k]) for k, v in loaded.unet.state_dict().items())
 
 
 def test_a_refiner_file_is_refused_as_a_models_source(tmp_path: Path, xl: Xl) -> None:

@@ -21,14 +21,16 @@ def _served(tmp_path: Path, body: str) -> dict:
 def test_single_file_keys_resolve_against_the_registry_and_stay_private(tmp_path: Path) -> None:
     spec = _served(
         tmp_path,
-        '[[models]]\nid = "dream"\nsource = "dream.safetensors"\nfamily = "sd2"\nconfig = "./configs/x"\n'
-        'vae = "./vae/ft-mse.safetensors"\nprediction_type = "epsilon"\n',
+        '[[models]]\nid = "dream"\nsource = "dream.safetensors"\nfamily = "sdxl"\nconfig = "./configs/x"\n'
+        'vae = "./vae/ft-mse.safetensors"\nprediction_type = "epsilon"\nrefiner = "./r.safetensors"\n'
+        'refiner_config = "./configs/r"\n',
     )["dream"]
     assert spec.source == str(tmp_path / "dream.safetensors")  # a bare *.safetensors is a local file
     assert (spec.config, spec.vae) == (str(tmp_path / "configs/x"), str(tmp_path / "vae/ft-mse.safetensors"))
     assert spec.prediction_type == "epsilon"
+    assert (spec.refiner, spec.refiner_config) == (str(tmp_path / "r.safetensors"), str(tmp_path / "configs/r"))
     public = spec.public()
-    assert not {"config", "vae", "prediction_type", "source"} & set(public)
+    assert not {"config", "vae", "prediction_type", "source", "refiner_config"} & set(public)
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,7 @@ def test_single_file_keys_resolve_against_the_registry_and_stay_private(tmp_path
         ('source = "./d"\nvae = "./vae.pt"', ["vae", "pickle"]),
         ('source = "./d"\nprediction_type = "sample"', ["prediction_type", "epsilon"]),
         ('source = "./d"\nconfig = "owner/repo"', ["config", "local folder"]),
+        ('source = "./d"\nrefiner_config = "./c"', ["refiner_config", "single-file"]),
     ],
 )
 def test_bad_single_file_keys_stop_start_up_naming_the_field(tmp_path: Path, line: str, words: list[str]) -> None:

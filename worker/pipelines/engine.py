@@ -386,7 +386,9 @@ class Engine:
         """``pipe`` followed by the model's refiner; GenerationFailed if this model has none."""
         if self._sdxl_options is None or self.spec.refiner is None or self.refiners is None:
             raise GenerationFailed(f"model {self.spec.id!r} has no refiner on this worker", param="refiner")
-        refiner = self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
+        refiner = self.refiners.get(
+            self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
+        )
         prompts, negatives = sdxl.expand_texts(jobs)
         arguments = sdxl.refiner_prompt_arguments(
             self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state, chunks
@@ -452,7 +454,7 @@ class Engine:
         self.generate_arrays([self._warmup_payload(0)])
         if self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None:
             # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
-            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config)
+            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config)
         if self.fast_path is not None:
             self._compile_buckets(self.fast_path)
         log.info("warm-up took %.2fs", time.perf_counter() - started)

@@ -199,19 +199,22 @@ class Refiners:
         self._loaded: dict[str, Refiner] = {}
         self._lock = threading.Lock()
 
-    def get(self, source: str, base: dict[str, Any], scheduler_config: dict[str, Any]) -> Refiner:
+    def get(
+        self, source: str, base: dict[str, Any], scheduler_config: dict[str, Any], config: str | None = None
+    ) -> Refiner:
         """The refiner at ``source`` (loaded on first call) for the base model whose resident
-        components are ``base``; ModelUnavailable if it cannot load or does not fit."""
+        components are ``base``; ``config`` names a single-file refiner's diffusers config folder
+        (None: the shipped one). ModelUnavailable if it cannot load or does not fit."""
         with self._lock:
             refiner = self._loaded.get(source)
             if refiner is None:
-                refiner = self._load(source, base, scheduler_config)
+                refiner = self._load(source, base, scheduler_config, config)
                 self._loaded[source] = refiner
             return refiner
 
-    def _load(self, source: str, base: dict[str, Any], scheduler_config: dict[str, Any]) -> Refiner:
+    def _load(self, source: str, base: dict[str, Any], scheduler_config: dict[str, Any], config: str | None) -> Refiner:
         if is_single_file(source):  # an original-layout refiner checkpoint: its UNet only
-            unet = load_refiner_unet(source, self._dtype)
+            unet = load_refiner_unet(source, self._dtype, config)
             cast(Any, unet).to(self._device)  # ModelMixin.to is typed through a decorator mypy misreads
             return self._finish(source, unet, base, scheduler_config, {"requires_aesthetics_score": True})
         location = builtin_location(source, self._settings.data_dir)
