@@ -175,3 +175,18 @@ def test_textual_inversion_tokens_still_apply_in_long_weighted_prompts(tmp_path:
     without = prompt_weighting.encode_sd(pipe, [parse_attention(f"{FILLER} a cat")], 0)[0][0]
     assert with_token.shape == without.shape == (1, 154, TEXT_WIDTH)
     assert not torch.equal(with_token[:, 77:], without[:, 77:])
+
+
+def test_emphasis_restores_the_mean_and_survives_a_zero_mean_encoder(engine: Engine) -> None:
+    """A1111's rescale divides by the scaled chunk's mean: restored where that mean is defined;
+    an encoder whose output has zero mean (the tiny model's bias-free last LayerNorm) keeps the
+    scaled values instead of turning the image into NaN."""
+    hidden = torch.randn(2, 77, 8) + 0.5
+    weights = torch.ones(2, 77)
+    weights[:, 3] = 1.3
+    out = prompt_weighting._emphasis(hidden, weights)
+    torch.testing.assert_close(out.mean(dim=(1, 2)), hidden.mean(dim=(1, 2)))
+    centred = hidden - hidden.mean(dim=2, keepdim=True)  # every token's mean is zero, as after a bias-free norm
+    assert torch.isfinite(prompt_weighting._emphasis(centred, weights)).all()
+    (image,) = engine.generate_arrays([payload(prompt="a (red circle:1.3) at the [top]", seed=7, steps=2)])
+    assert np.isfinite(image).all()

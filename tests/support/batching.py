@@ -63,6 +63,7 @@ def to_8bit(images: np.ndarray) -> np.ndarray:
 def compare(alone: np.ndarray, batched: np.ndarray) -> dict[str, float]:
     """How far ``batched`` is from ``alone``: the three figures :data:`BOUND` limits."""
     assert alone.shape == batched.shape
+    assert np.isfinite(alone).all() and np.isfinite(batched).all(), "an image holds NaN or inf"
     levels = np.abs(to_8bit(alone) - to_8bit(batched))
     return {
         "max_abs_float": float(np.abs(alone - batched).max()),

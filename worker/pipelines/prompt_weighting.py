@@ -113,14 +113,26 @@ def chunk_count(pipe: Any, fragments: Fragments) -> int:
     return max(len(tokenize(pipe, tokenizer, fragments).ids) for tokenizer in tokenizers(pipe))
 
 
+#: A row whose mean after scaling is below this share of its mean magnitude is left unrescaled.
+MEAN_FLOOR = 1e-3
+
+
 def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """A1111's "Original" emphasis per row: scale tokens, then restore each row's mean."""
+    """A1111's "Original" emphasis per row: scale tokens, then restore each row's mean.
+
+    The rescale divides by the scaled row's mean. Trained CLIP encoders end in a LayerNorm with
+    a learned bias, so that mean is well away from zero; an encoder whose last LayerNorm has no
+    bias (the built-in tiny model's random one) gives rows whose mean is ~1e-8, and A1111's
+    division turns the whole image into NaN. Such rows keep the scaled values unrescaled."""
     if bool((weights == 1.0).all()):
         return hidden
     weights = weights.to(device=hidden.device, dtype=hidden.dtype)
     before = hidden.mean(dim=(1, 2), keepdim=True)
     scaled = hidden * weights.unsqueeze(-1)
-    return scaled * (before / scaled.mean(dim=(1, 2), keepdim=True))
+    after = scaled.mean(dim=(1, 2), keepdim=True)
+    defined = after.abs() > MEAN_FLOOR * scaled.abs().mean(dim=(1, 2), keepdim=True)
+    ratio = torch.where(defined, before / torch.where(defined, after, torch.ones_like(after)), 1.0)
+    return scaled * ratio
 
 
 def _stack(per_text: Sequence[Chunks]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
