@@ -12,7 +12,6 @@ tests/integration/test_batch_invariance.py against eager ones; ``exact`` jobs ar
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ pytest.importorskip("diffusers")
 from core.schemas import JobPayload, LoraWeight
 from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.engine import engine_settings, payload
+from tests.support.fast_path import compiled_engine
 from tests.support.lora import make_lora
 from worker.pipelines.engine import Engine
 from worker.pipelines.fast_path import CompiledForward, bucket_for, channels_last, enabled, unet_sizes
@@ -40,7 +40,6 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 LORA = "fast-style"
-CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 
 
 @pytest.fixture(scope="module")
@@ -60,17 +59,13 @@ def compiled(data_dir: Path, lora_folder: Path) -> Iterator[Engine]:
         compile_cache_dir=data_dir / "compile-cache",
         lora_dir=lora_folder,
     )
-    saved = {name: os.environ.get(name) for name in CACHE_VARIABLES}  # set by the fast path's install
-    engine = Engine.load(settings)
-    engine.warmup()
-    yield engine
-    assert engine.fast_path is not None
-    engine.fast_path.uninstall([engine._components["unet"], engine._components["vae"].decoder])
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+
+    def load() -> Engine:
+        engine = Engine.load(settings)
+        engine.warmup()
+        return engine
+
+    yield from compiled_engine(load)
 
 
 def laid_out_like_the_fast_path(engine: Engine) -> Engine:

@@ -20,7 +20,6 @@ is measured by bench/compile.py (docs/operations/compilation.md).
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from core.schemas import ControlNetJob, JobPayload
 from tests.integration.test_batch_invariance import assert_same_images
 from tests.support.controlnet import b64, edge_map, make_controlnet
 from tests.support.engine import engine_settings, payload
+from tests.support.fast_path import compiled_engine
 from tests.support.sdxl import sdxl_payload, sdxl_settings
 from worker.pipelines.engine import Engine
 from worker.pipelines.fast_path import CompiledForward, FastPath, channels_last
@@ -47,7 +47,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't
 COMPILED: dict[str, Any] = {"compile": "on", "compile_backend": "eager", "compile_buckets": (1, 4)}
 #: The reference: uncompiled whatever the environment says (make test-compiled sets the default).
 EAGER: dict[str, Any] = {"compile": "off"}
-CACHE_VARIABLES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 EDGES = "edges"
 
 
@@ -67,26 +66,9 @@ def load(settings: Settings, controlnets: tuple[ControlNetSpec, ...] = ()) -> En
     return engine
 
 
-def compiled_engine(settings: Settings, controlnets: tuple[ControlNetSpec, ...] = ()) -> Iterator[Engine]:
-    """A fixture body: the compiled engine, then its forwards and the cache variables that
-    :meth:`FastPath.install` set restored, so later modules run as before."""
-    saved = {name: os.environ.get(name) for name in CACHE_VARIABLES}
-    engine = load(settings, controlnets)
-    try:
-        yield engine
-    finally:
-        assert engine.fast_path is not None
-        engine.fast_path.uninstall([engine._components["unet"], engine._components["vae"].decoder])
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @pytest.fixture(scope="module")
 def compiled(data_dir: Path, controlnets: tuple[ControlNetSpec, ...]) -> Iterator[Engine]:
-    yield from compiled_engine(engine_settings(data_dir, **COMPILED), controlnets)
+    yield from compiled_engine(lambda: load(engine_settings(data_dir, **COMPILED), controlnets))
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +83,7 @@ def eager(data_dir: Path, controlnets: tuple[ControlNetSpec, ...]) -> Engine:
 
 @pytest.fixture(scope="module")
 def compiled_xl(data_dir: Path) -> Iterator[Engine]:
-    yield from compiled_engine(sdxl_settings(data_dir, **COMPILED))
+    yield from compiled_engine(lambda: load(sdxl_settings(data_dir, **COMPILED)))
 
 
 def fast_path(engine: Engine) -> FastPath:
