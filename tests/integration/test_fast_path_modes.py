@@ -168,9 +168,12 @@ def test_sdxl_pads_its_added_conditioning_with_the_batch(compiled_xl: Engine) ->
 
 
 def test_sdxl_with_its_refiner_keeps_the_bounds_and_compiles_nothing_after_warm_up(compiled_xl: Engine) -> None:
-    """The base denoises the first half through its compiled UNet, the refiner the rest (its UNet
-    runs eager: docs/operations/compilation.md), the shared compiled VAE decoder decodes; a batch
-    padded to its bucket gives each image what the eager forward draws."""
+    """The base denoises the first half through its compiled UNet, the refiner the rest through
+    its own (adopted when warm-up loaded it, its graphs compiled by warm-up's refined batches),
+    the shared compiled VAE decoder decodes; a batch padded to its bucket gives each image what
+    the eager forward draws."""
+    path = fast_path(compiled_xl)
+    assert path.stats.by_module.get("refiner_unet", 0) >= 2  # buckets 1 and 4, at warm-up
     jobs = three(sdxl_payload, switch_at=0.5, scheduler="ddim", steps=4)
     assert_compiled_matches_its_eager_forward(compiled_xl, jobs, alone=False)
 

@@ -46,7 +46,7 @@ from core.config import Settings
 from core.errors import MODEL_FAILED_MESSAGE, GenerationFailed, ModelUnavailable, OutOfMemory, ServiceError
 from core.loras import lora_folder
 from core.models import ModelSpec, worker_model
-from core.schemas import JobPayload
+from core.schemas import JobPayload, RefinerSettings
 from worker.builtin.shapes import MODEL_DIR as SHAPES_MODEL_DIR
 from worker.builtin.tiny import ensure_tiny_model
 from worker.pipelines import checkpoints, inputs, prompt_weighting, sdxl
@@ -389,6 +389,8 @@ class Engine:
         refiner = self.refiners.get(
             self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
         )
+        if self.fast_path is not None:  # a refiner loaded after warm-up (or by it) joins the fast path
+            self.fast_path.adopt("refiner_unet", refiner.unet)
         prompts, negatives = sdxl.expand_texts(jobs)
         arguments = sdxl.refiner_prompt_arguments(
             self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state, chunks
@@ -452,9 +454,14 @@ class Engine:
         fast path, one more per batch bucket, compiling each graph before the worker is ready."""
         started = time.perf_counter()
         self.generate_arrays([self._warmup_payload(0)])
-        if self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None:
+        if self._has_refiner():
             # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
-            self.refiners.get(self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config)
+            assert self.refiners is not None and self.spec.refiner is not None
+            refiner = self.refiners.get(
+                self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
+            )
+            if self.fast_path is not None:
+                self.fast_path.adopt("refiner_unet", refiner.unet)
         if self.fast_path is not None:
             self._compile_buckets(self.fast_path)
         log.info("warm-up took %.2fs", time.perf_counter() - started)
@@ -466,8 +473,14 @@ class Engine:
             log.info("compiling batch bucket %d at %s (%d of %d)...", bucket, size, number, len(fast_path.buckets))
             started = time.perf_counter()
             self.generate_arrays([self._warmup_payload(seed) for seed in range(bucket)])
+            if self._has_refiner():  # the refiner's UNet graphs too: 2 steps, the second refined
+                refined = {"steps": 2, "refiner": RefinerSettings(switch_at=0.5)}
+                self.generate_arrays([self._warmup_payload(seed).model_copy(update=refined) for seed in range(bucket)])
             log.info("batch bucket %d at %s ready in %.1fs", bucket, size, time.perf_counter() - started)
         fast_path.mark_ready()
+
+    def _has_refiner(self) -> bool:
+        return self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None
 
     def _warmup_payload(self, seed: int) -> JobPayload:
         """A 1-step txt2img job at the model's defaults (warm-up's jobs share one BatchKey)."""

@@ -304,6 +304,18 @@ class FastPath:
         module.forward = forward  # an instance attribute, which nn.Module.__call__ calls
         self.forwards[name] = forward
 
+    def adopt(self, name: str, unet: torch.nn.Module) -> bool:
+        """Install the compiled forward (and channels_last weights) on a UNet that loads after
+        :meth:`install`: the SDXL refiner's, loaded at warm-up or on first use. False when it
+        has one already. Its graphs compile on its first engaged call, so warm-up runs one
+        refined batch per bucket after adopting it."""
+        if isinstance(unet.__dict__.get("forward"), CompiledForward):
+            return False
+        channels_last(unet)
+        self._wrap(name, unet, unet_sizes(self.buckets))
+        log.info("%s joined the compiled fast path", name)
+        return True
+
     def uninstall(self, modules: Sequence[torch.nn.Module]) -> None:
         """Give ``modules`` their class's forward back (tests, benchmarks comparing eager)."""
         for module in modules:
