@@ -35,7 +35,7 @@ from tests.support.api_server import serve_app
 from tests.support.env import NO_LIMITS, s3_env, service_env
 from tests.support.lora import make_lora
 from tests.support.one_worker_stack import one_worker_stack
-from tests.support.processes import ServiceProcess
+from tests.support.processes import ServiceProcess, wait_until
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
@@ -157,10 +157,7 @@ def _use_key(page: Any, token: str) -> None:
 def _until(page: Any, predicate: str, arg: Any = None, deadline_s: float = UI_TIMEOUT_MS / 1000) -> None:
     """Poll ``predicate`` in the page until true. (``wait_for_function`` evaluates strings with
     eval, which the page's CSP rightly refuses; ``evaluate`` goes through the debugger.)"""
-    deadline = time.monotonic() + deadline_s
-    while not page.evaluate(predicate, arg):
-        assert time.monotonic() < deadline, f"still false: {predicate}"
-        time.sleep(0.1)  # poll interval only: the deadline decides
+    wait_until(lambda: page.evaluate(predicate, arg), deadline_s, f"{predicate} to be true")
 
 
 @contextmanager

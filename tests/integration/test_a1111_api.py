@@ -12,7 +12,6 @@ import base64
 import io
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from core.models import queue_name
 from core.schemas import JobPayload, OutputFormat
 from tests.support.api_server import serve_app
 from tests.support.keys import bearer, create_key
+from tests.support.processes import wait_until
 from worker.runtime.encoding import encode_image
 
 
@@ -162,11 +162,8 @@ def test_basic_auth_with_keys_off_is_open(make_settings, clean_redis) -> None:
         assert client.get("/sdapi/v1/options", headers=_basic("user", "anything")).status_code == 200
 
 
-def _wait_for(predicate, what: str, deadline_s: float = 60) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)  # poll interval only: the deadline decides
+def _wait_for(predicate, what: str) -> None:
+    wait_until(predicate, 60.0, what, interval_s=0.05)
 
 
 def test_progress_shows_the_queued_job_and_interrupt_cancels_it(api: Api) -> None:

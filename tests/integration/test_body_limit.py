@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -24,6 +23,7 @@ from tests.conftest import SettingsFactory
 from tests.support.api_server import serve_app
 from tests.support.bodies import padded_json
 from tests.support.keys import bearer, create_key
+from tests.support.processes import wait_until
 
 LIMIT = 2 * SMALL_BODY_BYTES  # large enough to take part in the budget
 VALID = {"prompt": "a red circle", "steps": 2}
@@ -113,11 +113,8 @@ def _metric(base_url: str, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
-def _until(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+def _until(condition: Callable[[], bool], what: str) -> None:
+    wait_until(condition, 20.0, what, interval_s=0.02)
 
 
 def test_a_large_body_waits_for_the_budget_before_it_is_read(settings: Settings, base_url: str) -> None:
