@@ -131,8 +131,7 @@ def _emphasis(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     scaled = hidden * weights.unsqueeze(-1)
     after = scaled.mean(dim=(1, 2), keepdim=True)
     defined = after.abs() > MEAN_FLOOR * scaled.abs().mean(dim=(1, 2), keepdim=True)
-    ratio = torch.where(defined, before / torch.where(defined, after, torch.ones_like(after)), 1.0)
-    return scaled * ratio
+    return scaled * torch.where(defined, before / after, 1.0)  # where picks 1.0 over any inf or NaN
 
 
 def _stack(per_text: Sequence[Chunks]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
