@@ -24,10 +24,13 @@ from tests.support.keys import bearer, env_key
 from tests.support.processes import ServiceProcess, start_api
 
 pytestmark = pytest.mark.timeout(300)
-#: Allowed RSS growth over all hostile rounds after warm-up (allocator noise, not retained data).
-MAX_GROWTH_KB = 16 * 1024
 #: The default body limit (room for an image, a mask and the control images; ~45 MB).
 BODY_LIMIT = Settings().resolved_max_body_bytes
+#: Allowed RSS growth over the ten measured rounds: one body limit. What the test is for is
+#: retention per hostile request, and that is far larger: a kept oversized body is ~47 MB a
+#: request (940 MB over the rounds), a decoded bomb 400 MB. Allocator noise is not: glibc keeps
+#: freed arenas around, and CI has seen 21 MB of it, which a 16 MB bound failed on.
+MAX_GROWTH_KB = BODY_LIMIT // 1024
 
 
 def rss_kb(pid: int) -> int:
@@ -103,8 +106,9 @@ def _oversize_round(target: Target) -> None:
 
 
 def test_bombs_and_oversized_bodies_are_refused_without_memory_growth(target: Target) -> None:
-    _bomb_round(target)
-    _oversize_round(target)  # warm-up: imports, pools, first buffers
+    for _ in range(2):  # warm-up: imports, pools, first buffers, the allocator's arenas
+        _bomb_round(target)
+        _oversize_round(target)
     before = rss_kb(target.api.pid)
     for _ in range(10):
         _bomb_round(target)
