@@ -301,6 +301,7 @@ SOURCES: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
     "drift-all": ("drift-all.json", drift_all_table),
     "prompt-encoding": ("prompt-encoding.json", prompt_encoding_table),
     "compile-cpu": ("compile-cpu.json", compile_table),
+    "compile-cpu-epyc": ("compile-cpu-epyc.json", compile_table),
 }
 
 
