@@ -37,7 +37,7 @@ run: install
 	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(PY) -m devstack
 
 ## Lint, type-check and run the whole test suite.
-test: install-test prometheus-tools browser-tools lint pytest
+test: install-test prometheus-tools browser-tools lint pytest test-compiled
 
 pytest: install-test prometheus-tools browser-tools
 	$(PY) -m pytest -q
@@ -45,8 +45,8 @@ pytest: install-test prometheus-tools browser-tools
 ## The engine suites again with the compiled fast path on (SFUMATO_COMPILE=on through
 ## TEST_SFUMATO_COMPILE, tests/support/engine.py): dynamo's eager backend on the tiny models,
 ## buckets 1 and 4, so tracing, guards and bucket padding are real without inductor's minutes of
-## C++ compiling per graph (issue 21: the existing tests with compilation on and off). Not part of
-## make test: about 80 s more wall time on 2 cores (68 s of tests against 21 s uncompiled).
+## C++ compiling per graph (issue 21: the existing tests with compilation on and off). Part of
+## make test: about a minute more on 2 cores.
 COMPILED_TESTS := tests/integration/test_batch_invariance.py tests/integration/test_engine.py
 test-compiled: install-test
 	TEST_SFUMATO_COMPILE=eager $(PY) -m pytest -q $(COMPILED_TESTS)

@@ -27,7 +27,7 @@ pytest.importorskip("diffusers")
 
 from core.schemas import JobPayload, LoraWeight
 from tests.integration.test_batch_invariance import assert_same_images
-from tests.support.engine import engine_settings, payload
+from tests.support.engine import COMPILED_FLOAT_BOUND, engine_settings, payload
 from tests.support.fast_path import compiled_engine
 from tests.support.lora import make_lora
 from worker.pipelines.engine import Engine
@@ -124,7 +124,7 @@ def test_compiled_images_meet_the_batching_bounds_and_padding_changes_no_real_ro
     batch = compiled.generate_arrays(jobs(3))
     assert (path.stats.graphs, path.stats.unwarmed) == before
     for job, images in zip(jobs(3), batch, strict=True):
-        assert_same_images(engine.generate_arrays([job])[0], images)
+        assert_same_images(engine.generate_arrays([job])[0], images, COMPILED_FLOAT_BOUND)
 
 
 def test_an_unwarmed_shape_compiles_once_is_counted_and_is_no_error(compiled: Engine, engine: Engine) -> None:
@@ -138,7 +138,7 @@ def test_an_unwarmed_shape_compiles_once_is_counted_and_is_no_error(compiled: En
     again = compiled.generate_arrays([job])[0]
     assert (path.stats.recompiles, path.stats.unwarmed) == after  # compiled once
     np.testing.assert_array_equal(first, again)
-    assert_same_images(engine.generate_arrays([job])[0], first)
+    assert_same_images(engine.generate_arrays([job])[0], first, COMPILED_FLOAT_BOUND)
 
 
 def test_exact_jobs_run_eager_and_stay_bit_identical(compiled: Engine, eager_with_loras: Engine) -> None:
@@ -164,13 +164,13 @@ def test_lora_batches_run_eager_and_swapping_adapters_is_measured(
     base = payload(seed=21)
     np.testing.assert_array_equal(compiled.generate_arrays([styled])[0], eager_with_loras.generate_arrays([styled])[0])
     first_swap = path.stats.recompiles
-    assert_same_images(engine.generate_arrays([base])[0], compiled.generate_arrays([base])[0])
+    assert_same_images(engine.generate_arrays([base])[0], compiled.generate_arrays([base])[0], COMPILED_FLOAT_BOUND)
     after_first = path.stats.recompiles
     for _ in range(2):
         np.testing.assert_array_equal(
             compiled.generate_arrays([styled])[0], eager_with_loras.generate_arrays([styled])[0]
         )
-        assert_same_images(engine.generate_arrays([base])[0], compiled.generate_arrays([base])[0])
+        assert_same_images(engine.generate_arrays([base])[0], compiled.generate_arrays([base])[0], COMPILED_FLOAT_BOUND)
     print(f"recompiles: first adapter {after_first - first_swap}, alternating {path.stats.recompiles - after_first}")
     assert path.stats.recompiles == after_first  # alternating adapters recompiles nothing more
     assert after_first - first_swap <= 1  # at most the UNet graph at this shape, once
