@@ -7,7 +7,9 @@ weighted prompts there). It re-runs a representative slice of the cases ``python
 measured (bench/results/drift-all.json, published in docs/architecture.md), exactly.
 
 The bound asserted is the published one for that model and scheduler: the documented fp32
-bound (``BOUND``), or the wider figure the committed JSON reports for it, if any.
+bound (``BOUND``), or the wider figure the committed JSON reports for it, if any. On a CPU the
+committed JSON has no cells from, the float figure and the share get headroom
+(:data:`UNMEASURED_CPU_HEADROOM`); the one-level bound never does.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.cpu import cpu_name
 from core.scheduler_names import SCHEDULER_DISPLAY_NAMES
 from tests.support.batching import BOUND, MODEL_SIZES, MODES, PARTNER_PROMPTS, Case, measure
 from tests.support.engine import engine_settings
@@ -30,14 +33,31 @@ RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "drift-all
 SCHEDULERS = sorted(SCHEDULER_DISPLAY_NAMES)
 
 
+#: Multipliers of the published figures on a CPU no committed cell was measured on. Float drift
+#: is the CPU kernels' choice per batch size: the three CPUs measured so far put the same shapes
+#: cell up to ten times apart in float (Heun 9.2e-5 against 4.5e-6), and CI may run on a fourth.
+#: What this test exists to catch, requests leaking into each other, moves images by orders of
+#: magnitude more. ``python -m bench.drift_all`` on that CPU holds it to its own figures again.
+UNMEASURED_CPU_HEADROOM = {"max_abs_float": 4.0, "max_8bit_levels": 1.0, "share_of_8bit_values_changed": 2.0}
+
+
 def published() -> dict[str, dict[str, dict[str, float]]]:
     return json.loads(RESULTS.read_text())["by_model_and_scheduler"]
 
 
+def measured_here() -> bool:
+    """Whether the committed measurement has cells from this machine's CPU."""
+    return cpu_name() in json.loads(RESULTS.read_text())["cpus_measured"]
+
+
 def bound_for(model: str, scheduler: str) -> dict[str, float]:
-    """The documented bound, widened only where the committed measurement publishes more."""
+    """The documented bound, widened only where the committed measurement publishes more (and by
+    :data:`UNMEASURED_CPU_HEADROOM` on a CPU it has no cells from)."""
     measured = published().get(model, {}).get(scheduler, {})
-    return {name: max(limit, measured.get(name, 0)) for name, limit in BOUND.items()}
+    bound = {name: max(limit, measured.get(name, 0)) for name, limit in BOUND.items()}
+    if not measured_here():
+        bound = {name: limit * UNMEASURED_CPU_HEADROOM[name] for name, limit in bound.items()}
+    return bound
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +78,8 @@ def check(engine: Engine, case: Case) -> list[dict[str, float]]:
     rows = measure(lambda jobs: engine.generate_arrays(jobs), case, engine.spec.default_guidance)
     for row in rows:
         over = {name: row[name] for name, limit in bound.items() if row[name] > limit}
-        assert not over, f"{case}: {row['request']} at the {row['position']}: {over} over {bound}"
+        where = f"{cpu_name()}, " + ("measured" if measured_here() else "not measured: headroom applied")
+        assert not over, f"{case}: {row['request']} at the {row['position']}: {over} over {bound} ({where})"
     return rows
 
 
