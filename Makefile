@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sfumato-installed
 TEST_STAMP := $(VENV)/.sfumato-test-installed
 
-.PHONY: install install-test run test pytest test-compiled lint bench clean prometheus-tools browser-tools lock
+.PHONY: install install-test run test pytest test-compiled lint bench clean prometheus-tools browser-tools lock device-wheels
 
 # torch is installed first and pinned exactly: letting pip resolve torch from a range pulls a
 # multi-GB CUDA build. Set TORCH_PIP_ARGS to e.g. an extra index for a CPU-only wheel.
@@ -60,6 +60,14 @@ prometheus-tools:
 ## when missing and root; otherwise those tests are skipped with the reason (they fail under CI=true).
 browser-tools:
 	@bash deploy/browser/ensure-chromium.sh
+
+## Wheels a lent GPU machine lacks (bench/device/requirements.txt at the lock's versions, for its
+## Python 3.12; never torch), carried there by bench/device/gpu.sh's run (see that script).
+DEVICE_PLATFORMS := $(foreach p,manylinux_2_28_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64 any,--platform $(p))
+device-wheels: install-test
+	$(PY) -m pip download --quiet --only-binary=:all: --python-version 3.12 --implementation cp --abi cp312 \
+		$(DEVICE_PLATFORMS) --no-deps -c requirements/lock.txt -d .device-wheels -r bench/device/requirements.txt
+	@du -sh .device-wheels
 
 ## Re-resolve the dependencies from pyproject.toml (newest allowed) and rewrite the lock.
 lock: install-test

@@ -219,8 +219,13 @@ def measured_loop(base_url: str, case: ModelCase, clients: int, requests_each: i
     return point
 
 
-def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int) -> list[dict[str, Any]]:
+def service(
+    case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, max_batch: int, compile_: str = "off"
+) -> list[dict[str, Any]]:
+    """The service's points at one ``SFUMATO_MAX_BATCH``. ``compile_`` is ``SFUMATO_COMPILE``; its
+    kernel cache is shared by both workers of a run, so the second loads what the first compiled."""
     storage = s3_env(s3, "bench") if s3 is not None else {"SFUMATO_STORAGE": "local"}
+    compiled = {"SFUMATO_COMPILE": compile_, "SFUMATO_COMPILE_CACHE_DIR": str(work / "compile-cache")}
     env = service_env(
         redis_url,
         work,
@@ -234,6 +239,7 @@ def service(case: ModelCase, folder: Path, work: Path, redis_url: str, s3: Any, 
         SFUMATO_MAX_BATCH=str(max_batch),
         SFUMATO_AUTH_ENABLED="false",
         SFUMATO_LOG_LEVEL="WARNING",
+        **compiled,
     )
     port = free_port()
     logs = work / f"logs-{case.name}-b{max_batch}"
@@ -287,6 +293,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=sorted(CASES), default="tiny")
     parser.add_argument("--data-dir", type=Path, default=Path.home() / ".cache" / "sfumato-bench")
+    parser.add_argument(
+        "--compile", choices=("off", "on"), default="off",
+        help="the workers' SFUMATO_COMPILE (on: results go to batching-<model>-compiled.json)",
+    )  # fmt: skip
     args = parser.parse_args()
     case = CASES[args.model]
     torch.set_num_threads(torch.get_num_threads())
@@ -298,7 +308,11 @@ def main() -> None:
         redis = start_redis(work / "redis")
         s3 = start_seaweed(work / "s3", bucket="bench") if case.storage == "s3" else None
         try:
-            svc = service(case, folder, work, redis.url, s3, 1) + service(case, folder, work, redis.url, s3, 8)
+            svc = [
+                point
+                for max_batch in (1, 8)
+                for point in service(case, folder, work, redis.url, s3, max_batch, args.compile)
+            ]
         finally:
             if s3 is not None:
                 s3.stop()
@@ -310,6 +324,7 @@ def main() -> None:
         "dtype": case.dtype,
         "device": case.device,
         "storage": case.storage,
+        "compile": args.compile,
         "machine": machine(case),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "raw_pipeline": raw,
@@ -317,7 +332,7 @@ def main() -> None:
         "summary": summarise(raw, svc),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"batching-{case.name}.json"
+    out = RESULTS / f"batching-{case.name}{'-compiled' if args.compile == 'on' else ''}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["summary"], indent=2))
     print(f"wrote {out}")
