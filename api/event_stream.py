@@ -151,7 +151,10 @@ class _JobStream:
             out.append(self._event(record.status, data))
         elif record.status == "queued":
             position = await self._position()
-            if position != self.position:
+            # None while the record still says queued: a worker has taken the job off the queue
+            # and not yet marked it running (the ``running`` event follows), or it is past the
+            # scan limit. Neither is a new position, and clients sort on what they get.
+            if position is not None and position != self.position:
                 self.position = position
                 out.append(self._event("position", {"id": record.payload.job_id, "queue_position": position}))
         return out

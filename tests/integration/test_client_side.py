@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import redis
+from rq import Queue
 
 from api.app import create_app
 from api.event_stream import STREAMS_OPEN
 from core.config import Settings
+from core.priority import queue_name
 from sfumato import AsyncClient, Client, RateLimitError, ServerError
 from sfumato._common import SSEParser
 from sfumato.types import JobEvent
@@ -101,6 +103,26 @@ def test_the_event_stream_shows_queue_positions_and_ends_with_the_final_state(ap
         assert list(events) == []  # the server ended the stream
     ids = [int(e.id or 0) for e in (queued, moved, final)]
     assert ids == sorted(ids)
+
+
+def test_a_job_taken_off_the_queue_but_not_yet_running_reports_no_position(api: Api) -> None:
+    """Between a worker's taking a job (it leaves the queue list) and its writing ``running``, the
+    job has no position; the stream says nothing rather than a ``position`` of null (CI once saw
+    one break a client's ordering)."""
+    job_id = _submit(api)
+    connection = redis.Redis.from_url(api.settings.redis_url)
+    model = api.client.get(f"/v1/images/{job_id}").json()["model"]
+    queue_key = Queue(queue_name(api.settings, model), connection=connection).key
+    timeout = httpx.Timeout(20, read=1.0)  # 10 of the stream's 0.1 s polls; keepalives are 15 s apart
+    with api.client.stream("GET", f"/v1/images/{job_id}/events", timeout=timeout) as response:
+        events = _events(response)
+        queued = next(events)
+        assert (queued.event, queued.data["queue_position"]) == ("queued", 0)
+        assert connection.lrem(queue_key, 1, job_id) == 1  # what a worker's take does to the list
+        with pytest.raises(httpx.ReadTimeout):
+            unexpected = next(events)
+            pytest.fail(f"the stream sent {unexpected.event} {unexpected.data}")
+    assert api.client.delete(f"/v1/images/{job_id}").status_code == 202  # off the queue: as if running
 
 
 def test_get_shows_the_queue_position(api: Api) -> None:
