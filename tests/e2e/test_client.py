@@ -94,7 +94,9 @@ def test_the_sdk_generates_images_with_their_seeds(service: Service, tmp_path: P
     saved = sorted((tmp_path / "out").iterdir())
     assert [p.name for p in saved] == [f"{result.job.id}-0-5.png", f"{result.job.id}-1-6.png"]
     assert saved[0].read_bytes() == result.images[0].data
-    assert updates[0][0] == "queued" and updates[-1][0] == "succeeded"
+    # The first update is the submit response: "queued", or "running" when an idle worker took the
+    # job before the API re-read it for the 202 (seen once in 13 runs here).
+    assert updates[0][0] in ("queued", "running") and updates[-1][0] == "succeeded"
 
 
 def test_the_async_client_generates_too(service: Service) -> None:
