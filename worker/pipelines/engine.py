@@ -384,13 +384,9 @@ class Engine:
         chunks: int = 0,
     ) -> sdxl.RefinedPipeline:
         """``pipe`` followed by the model's refiner; GenerationFailed if this model has none."""
-        if self._sdxl_options is None or self.spec.refiner is None or self.refiners is None:
+        if not self._has_refiner():
             raise GenerationFailed(f"model {self.spec.id!r} has no refiner on this worker", param="refiner")
-        refiner = self.refiners.get(
-            self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
-        )
-        if self.fast_path is not None:  # a refiner loaded after warm-up (or by it) joins the fast path
-            self.fast_path.adopt("refiner_unet", refiner.unet)
+        refiner = self._refiner()
         prompts, negatives = sdxl.expand_texts(jobs)
         arguments = sdxl.refiner_prompt_arguments(
             self.prompt_cache, pipe, refiner, prompts, negatives, key, text_encoder_state, chunks
@@ -455,13 +451,7 @@ class Engine:
         started = time.perf_counter()
         self.generate_arrays([self._warmup_payload(0)])
         if self._has_refiner():
-            # Load the SDXL refiner now: a broken one fails the worker's start, not a request.
-            assert self.refiners is not None and self.spec.refiner is not None
-            refiner = self.refiners.get(
-                self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
-            )
-            if self.fast_path is not None:
-                self.fast_path.adopt("refiner_unet", refiner.unet)
+            self._refiner()  # loaded now: a broken refiner fails the worker's start, not a request
         if self.fast_path is not None:
             self._compile_buckets(self.fast_path)
         log.info("warm-up took %.2fs", time.perf_counter() - started)
@@ -481,6 +471,17 @@ class Engine:
 
     def _has_refiner(self) -> bool:
         return self.spec.refiner is not None and self.refiners is not None and self._sdxl_options is not None
+
+    def _refiner(self) -> sdxl.Refiner:
+        """The model's refiner (loaded on first use), its UNet on the fast path when there is
+        one: a refiner loaded at warm-up or later joins it (adopting twice is a no-op)."""
+        assert self.refiners is not None and self.spec.refiner is not None  # callers check _has_refiner
+        refiner = self.refiners.get(
+            self.spec.refiner, self._components, self._scheduler_config, self.spec.refiner_config
+        )
+        if self.fast_path is not None:
+            self.fast_path.adopt("refiner_unet", refiner.unet)
+        return refiner
 
     def _warmup_payload(self, seed: int) -> JobPayload:
         """A 1-step txt2img job at the model's defaults (warm-up's jobs share one BatchKey)."""
